@@ -1,0 +1,270 @@
+"""A pure-functional Flax (Linen) LLaMA decoder: training, prefill and cached decode.
+
+Architecture (HF ``LlamaForCausalLM`` semantics): RMSNorm pre-norm blocks, rotary position
+embeddings in the HF *half-split* layout (``rotate_half``), grouped-query attention, SwiGLU MLP,
+tied or untied output embedding. The L blocks are stacked under one ``nn.scan``, so every block
+parameter has a leading ``layers`` axis of size L.
+
+Parameters are a plain pytree ``{"params": {...}}``:
+
+  embed_tokens/embedding        (V, D)          ("vocab", "embed")
+  layers/input_norm/scale       (L, D)          ("layers", "norm")
+  layers/attn/q_proj/kernel     (L, D, H, Dh)   ("layers", "embed", "heads", "head_dim")
+  layers/attn/k_proj/kernel     (L, D, KV, Dh)  ("layers", "embed", "kv_heads", "head_dim")
+  layers/attn/v_proj/kernel     (L, D, KV, Dh)  ("layers", "embed", "kv_heads", "head_dim")
+  layers/attn/o_proj/kernel     (L, H, Dh, D)   ("layers", "heads", "head_dim", "embed")
+  layers/post_attn_norm/scale   (L, D)          ("layers", "norm")
+  layers/mlp/gate_proj/kernel   (L, D, F)       ("layers", "embed", "mlp")
+  layers/mlp/up_proj/kernel     (L, D, F)       ("layers", "embed", "mlp")
+  layers/mlp/down_proj/kernel   (L, F, D)       ("layers", "mlp", "embed")
+  final_norm/scale              (D,)            ("norm",)
+  lm_head/kernel                (D, V)          ("embed", "vocab")   [untied only]
+
+``model.init`` returns these wrapped in ``nn.LogicallyPartitioned`` boxes (the logical names
+above); ``nn.unbox`` gives the plain arrays that ``apply`` and the converters use.
+
+Masks. Every call takes ``segment_ids`` (int32 [B, T]; 0 = padding, equal non-zero ids = one
+packed example). A query attends to a key iff both have the same non-zero segment id and the key
+is not in the future. With a KV cache the keys are the cache slots, whose segment ids are kept
+in the cache, so left-padded prompts and decode steps need no extra mask arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from humpback_jax.models.config import LlamaConfig
+
+KVCache = dict  # {"k","v": [L,B,S,KV,Dh]; "segment_ids": int32[B,S]; "index": int32[]}
+
+_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def _dense_init(names):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square layer norm, computed in float32 (HF ``LlamaRMSNorm``)."""
+
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+  """cos/sin tables for HF half-split RoPE.
+
+  Args:
+    positions: int32 [B, T] absolute positions (tokens).
+    head_dim: Dh (even).
+    theta: RoPE base.
+  Returns:
+    (cos, sin), each float32 [B, T, 1, Dh], broadcastable over heads.
+  """
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotates x [B, T, N, Dh] in the HF layout: x*cos + rotate_half(x)*sin."""
+  half = x.shape[-1] // 2
+  x32 = x.astype(jnp.float32)
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, layer_cache, cache_index):
+    cfg = self.config
+    h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    dense = lambda feats, axis, names, name: nn.DenseGeneral(
+        feats, axis=axis, use_bias=False, dtype=cfg.compute_dtype,
+        param_dtype=cfg.weight_dtype, kernel_init=_dense_init(names), name=name)
+    q = dense((h, dh), -1, ("embed", "heads", "head_dim"), "q_proj")(x)
+    k = dense((kv, dh), -1, ("embed", "kv_heads", "head_dim"), "k_proj")(x)
+    v = dense((kv, dh), -1, ("embed", "kv_heads", "head_dim"), "v_proj")(x)
+    q = apply_rope(q, cos, sin)
+    k = apply_rope(k, cos, sin)
+
+    new_cache = None
+    if layer_cache is not None:
+      k_cache, v_cache = layer_cache
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, cache_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, cache_index, 0, 0))
+      new_cache = (k, v)
+
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * (dh ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.compute_dtype))
+    out = out.reshape(b, t, h, dh)
+    out = dense(cfg.hidden_size, (-2, -1), ("heads", "head_dim", "embed"), "o_proj")(out)
+    return out, new_cache
+
+
+class MLP(nn.Module):
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    dense = lambda feats, names, name: nn.Dense(
+        feats, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        kernel_init=_dense_init(names), name=name)
+    gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
+    up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+  """One pre-norm block; scanned, so it maps (carry=x, xs=layer cache) -> (x, new cache)."""
+
+  config: LlamaConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, layer_cache, cos, sin, mask, cache_index):
+    cfg = self.config
+    norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name)
+    drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
+    attn_out, new_cache = Attention(cfg, name="attn")(
+        norm("input_norm")(x), cos, sin, mask, layer_cache, cache_index)
+    x = x + drop(attn_out)
+    x = x + drop(MLP(cfg, name="mlp")(norm("post_attn_norm")(x)))
+    return x, new_cache
+
+
+def attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots):
+  """Boolean [B, T, S] mask: same non-zero segment and key slot <= query slot.
+
+  Args:
+    q_segment_ids: int32 [B, T]; kv_segment_ids: int32 [B, S];
+    q_slots: int32 [T] slot index of each query; kv_slots: int32 [S].
+  """
+  same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  causal = kv_slots[None, None, :] <= q_slots[None, :, None]
+  return same & causal & (q_segment_ids[:, :, None] != 0)
+
+
+class Llama(nn.Module):
+  """LLaMA causal LM.
+
+  ``__call__(tokens, positions, segment_ids=None, cache=None)``:
+    tokens: int32 [B, T] token ids.
+    positions: int32 [B, T] RoPE positions (tokens from the start of each example).
+    segment_ids: int32 [B, T]; 0 marks padding; ``None`` means all ones.
+    cache: a ``KVCache`` from ``init_cache`` or a previous call; new keys/values are written at
+      slots ``[cache["index"], cache["index"] + T)``.
+  Returns:
+    (logits float32 [B, T, V], new cache or None).
+  """
+
+  config: LlamaConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, tokens, positions, segment_ids=None, cache: KVCache | None = None):
+    cfg = self.config
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
+        name="embed_tokens")
+    x = embed(tokens)
+    t = tokens.shape[1]
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+
+    if cache is None:
+      slots = jnp.arange(t, dtype=jnp.int32)
+      mask = attention_mask(segment_ids, segment_ids, slots, slots)
+      cache_index = None
+      xs = None
+    else:
+      cache_index = cache["index"]
+      kv_segments = jax.lax.dynamic_update_slice(
+          cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
+      s = kv_segments.shape[1]
+      mask = attention_mask(segment_ids, kv_segments, cache_index + jnp.arange(t, dtype=jnp.int32),
+                            jnp.arange(s, dtype=jnp.int32))
+      xs = (cache["k"], cache["v"])
+
+    block = DecoderLayer
+    if cfg.remat:
+      block = nn.remat(block, prevent_cse=False)
+    layers = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(cfg, deterministic=self.deterministic, name="layers")
+    x, new_kv = layers(x, xs, cos, sin, mask, cache_index)
+
+    x = RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name="final_norm")(x)
+    if cfg.tie_word_embeddings:
+      logits = embed.attend(x.astype(cfg.compute_dtype))
+    else:
+      logits = nn.Dense(
+          cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+          kernel_init=_dense_init(("embed", "vocab")), name="lm_head")(x)
+    logits = logits.astype(jnp.float32)
+
+    new_cache = None
+    if cache is not None:
+      new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": kv_segments,
+                   "index": cache_index + t}
+    return logits, new_cache
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
+  """An empty KV cache.
+
+  Returns a dict: ``k``/``v`` zeros [L, B, S=max_len, KV, Dh] (compute dtype unless ``dtype``),
+  ``segment_ids`` int32 zeros [B, S] (0 = empty slot, never attended), ``index`` int32 0.
+  """
+  dtype = dtype or config.compute_dtype
+  shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "segment_ids": jnp.zeros((batch_size, max_len), jnp.int32),
+          "index": jnp.zeros((), jnp.int32)}
+
+
+def init_params(config: LlamaConfig, rng: jax.Array, boxed: bool = False):
+  """Random parameters ``{"params": ...}`` (normal(0.02) kernels, unit norms).
+
+  With ``boxed=True`` leaves are ``nn.LogicallyPartitioned`` (for sharding specs).
+  """
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Llama(config).init(rng, tokens, tokens)
+  return variables if boxed else nn.unbox(variables)
+
+
+def param_logical_axes(config: LlamaConfig):
+  """Pytree of ``PartitionSpec`` of logical axis names, matching ``init_params``' structure."""
+  abstract = jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0), boxed=True))
+  return nn.get_partition_spec(abstract)
