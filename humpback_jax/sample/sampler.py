@@ -1,0 +1,471 @@
+"""Batched autoregressive generation with a KV cache, and next-token scoring.
+
+Device side (pure, jitted):
+  ``generate``            left-padded prompts [B, P] -> ``SampleOutput`` (up to N new tokens).
+  ``next_token_logprobs`` left-padded prompts [B, P] -> log P(next token) f32[B, V].
+
+Host side:
+  ``Sampler``             strings in, strings out: tokenize, truncate, sort by length, bucket,
+                          batch, generate, decode, restore the caller's order.
+
+Layout of one batch. Prompts are LEFT-padded to a common width P, so every row's last prompt
+token sits in column P-1::
+
+    row 0:  pad pad  a0  a1  a2 | g0 g1 g2 ...     segment ids 0 0 1 1 1 | 1 1 1
+    row 1:   b0  b1  b2  b3  b4 | h0 h1 h2 ...     positions   0 0 0 1 2 | 3 4 5
+            slot 0 ........ P-1 | P ...
+
+Pads have segment id 0 (never attended) and do not advance the RoPE position, so a padded row
+computes exactly what the same prompt computes alone (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from humpback_jax.models.config import LlamaConfig
+from humpback_jax.models.llama import KVCache, Llama, init_cache
+from humpback_jax.sample.sampling import Greedy, Sampling, Strategy
+
+__all__ = [
+    "Greedy", "Sampling", "SampleOutput", "SamplingState", "Sampler", "generate",
+    "next_token_logprobs",
+]
+
+Params = Any
+
+_log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class SamplingState:
+  """Carry of the decode ``while_loop``.
+
+  Attributes:
+    step: int32 [] number of tokens sampled so far (0..max_new_tokens); also the column of
+      ``tokens`` written next.
+    done: bool [B] row has emitted an EOS (or had an empty prompt and never started).
+    last_token: int32 [B] token fed to the model at this step (the last prompt token at step 0,
+      then the previously sampled token).
+    positions: int32 [B] RoPE position (tokens, pads excluded) of ``last_token``.
+    tokens: int32 [B, N] output buffer, initialized to pad.
+    lengths: int32 [B] tokens emitted while not done (so it counts the first EOS).
+    cache: the KV cache, ``P + N`` slots; the model writes this step at ``cache["index"]``.
+    rng: base PRNG key; step s samples with ``fold_in(rng, s)``.
+  """
+
+  step: jax.Array
+  done: jax.Array
+  last_token: jax.Array
+  positions: jax.Array
+  tokens: jax.Array
+  lengths: jax.Array
+  cache: KVCache
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """Result of ``generate``.
+
+  Attributes:
+    tokens: int32 [B, N] generated tokens; ``tokens[b, lengths[b]:]`` are ``pad_id``.
+    lengths: int32 [B] generated tokens up to and INCLUDING the first EOS (N when no EOS was
+      emitted; 0 for an empty prompt). Use ``content_lengths`` for text.
+    finished: bool [B] the row emitted an EOS within the budget (False = cut by the budget).
+    steps: int32 [] decode steps run (<= N; fewer when every row finished early).
+  """
+
+  tokens: jax.Array
+  lengths: jax.Array
+  finished: jax.Array
+  steps: jax.Array
+
+  @property
+  def content_lengths(self) -> jax.Array:
+    """int32 [B]: generated tokens excluding the terminating EOS; decode ``tokens[b, :this]``."""
+    return self.lengths - self.finished.astype(self.lengths.dtype)
+
+
+def _prompt_layout(prompt_tokens: jax.Array, prompt_lengths: jax.Array):
+  """Segment ids and RoPE positions of a left-padded block.
+
+  Args:
+    prompt_tokens: int32 [B, P].
+    prompt_lengths: int32 [B], 0 <= length <= P.
+  Returns:
+    (segment_ids int32 [B, P]: 1 on real tokens, 0 on pads;
+     positions int32 [B, P]: 0.. over the real tokens, 0 on pads).
+  """
+  p = prompt_tokens.shape[1]
+  real = jnp.arange(p, dtype=jnp.int32)[None, :] >= (p - prompt_lengths[:, None])
+  segment_ids = real.astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
+  return segment_ids, positions
+
+
+def _is_eos(tokens: jax.Array, eos_ids: jax.Array) -> jax.Array:
+  """bool [B]: tokens int32 [B] is one of eos_ids int32 [E] (-1 entries never match)."""
+  return jnp.any(tokens[:, None] == eos_ids[None, :], axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "strategy"))
+def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+              rng: jax.Array, eos_ids: jax.Array, pad_id: jax.Array, *, config: LlamaConfig,
+              max_new_tokens: int, strategy: Strategy) -> SampleOutput:
+  model = Llama(config)
+  b, p = prompt_tokens.shape
+  prompt_tokens = prompt_tokens.astype(jnp.int32)
+  prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, p)
+  segment_ids, positions = _prompt_layout(prompt_tokens, prompt_lengths)
+  # Pad values are never attended, but an out-of-range id would embed as NaN and NaN * 0
+  # attention weight is still NaN; replace pads by token 0.
+  prompt_tokens = jnp.where(segment_ids > 0, prompt_tokens, 0)
+
+  # Prefill columns 0..P-2 only; the last prompt column is fed as decode step 0, which yields
+  # the first new token. Prefilling all P columns would make the model materialize logits
+  # f32[B, P, V] (XLA does not sink the lm_head matmul below the slice) just to keep the last
+  # row; this way the prefill's logits are unused and dead-code eliminated, and the step
+  # computes only f32[B, 1, V].
+  # Slots needed: P prompt tokens + (N - 1) fed-back samples; the last sample is never fed.
+  cache = init_cache(config, b, p + max_new_tokens)
+  if p > 1:
+    _, cache = model.apply(params, prompt_tokens[:, :-1], positions[:, :-1],
+                           segment_ids[:, :-1], cache=cache)
+
+  # Why one shared cache write index (cache["index"], a scalar) is right for a ragged batch:
+  # with LEFT padding all rows end their prompt in the same column P-1, so the t-th token fed
+  # after the prompt belongs in slot P-1+t for every row at once. The slot index is only a
+  # storage address and the causal order; what the model sees as "where am I" is the per-row
+  # RoPE position passed explicitly (prompt length + t, pads not counted). Pad slots keep
+  # segment id 0 in the cache and are never attended. Rotary attention depends only on
+  # position differences, so the padded row equals the unpadded one. (Right padding would
+  # need a per-row write index, i.e. a scatter instead of one dynamic_update_slice.)
+  empty = prompt_lengths == 0  # e.g. batch-filler rows: never start, never block early exit
+  state = SamplingState(
+      step=jnp.zeros((), jnp.int32),
+      done=empty,
+      last_token=prompt_tokens[:, -1],
+      positions=jnp.maximum(prompt_lengths - 1, 0),
+      tokens=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+      lengths=jnp.zeros((b,), jnp.int32),
+      cache=cache,
+      rng=rng,
+  )
+  decode_segments = jnp.ones((b, 1), jnp.int32)
+
+  def cond_fn(state: SamplingState) -> jax.Array:
+    return (state.step < max_new_tokens) & ~jnp.all(state.done)
+
+  def body_fn(state: SamplingState) -> SamplingState:
+    logits, cache = model.apply(params, state.last_token[:, None], state.positions[:, None],
+                                decode_segments, cache=state.cache)
+    next_token = strategy(logits[:, 0], jax.random.fold_in(state.rng, state.step))
+    next_token = next_token.astype(jnp.int32)
+    # Rows already done keep decoding (the batch moves in lockstep) but their tokens fall
+    # beyond `lengths` and are overwritten with pad after the loop.
+    return SamplingState(
+        step=state.step + 1,
+        done=state.done | _is_eos(next_token, eos_ids),
+        last_token=next_token,
+        positions=state.positions + 1,
+        tokens=jax.lax.dynamic_update_slice(state.tokens, next_token[:, None], (0, state.step)),
+        lengths=state.lengths + (~state.done).astype(jnp.int32),
+        cache=cache,
+        rng=state.rng,
+    )
+
+  state = jax.lax.while_loop(cond_fn, body_fn, state)
+  keep = jnp.arange(max_new_tokens, dtype=jnp.int32)[None, :] < state.lengths[:, None]
+  return SampleOutput(
+      tokens=jnp.where(keep, state.tokens, pad_id),
+      lengths=state.lengths,
+      finished=state.done & ~empty,
+      steps=state.step,
+  )
+
+
+def generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
+             config: LlamaConfig, max_new_tokens: int, eos_ids: Sequence[int],
+             strategy: Strategy, rng: jax.Array, pad_id: int = 0) -> SampleOutput:
+  """Samples up to ``max_new_tokens`` tokens after each left-padded prompt.
+
+  One prefill call over prompt columns 0..P-2 (the last column is the loop's first input, so
+  no f32[B, P, V] logits are ever built), then a ``jax.lax.while_loop`` of single-token steps
+  that stops when the budget is spent or every row has emitted an EOS. Jitted; recompiles only
+  for a new (B, P, max_new_tokens, config, strategy), so bucket P.
+
+  Args:
+    params: ``{"params": ...}`` of ``Llama(config)``.
+    prompt_tokens: int32 [B, P] LEFT-padded prompts (pad values are ignored, any int).
+    prompt_lengths: int32 [B] real tokens per row, 0 <= length <= P (clipped). A row of length
+      0 is inert: it generates nothing (lengths 0, finished False) and does not delay the
+      early exit; use it to fill a batch.
+    config: model configuration (static).
+    max_new_tokens: budget N >= 1 (tokens, static).
+    eos_ids: token ids (>= 0) that end a row (traced, so changing them does not recompile
+      unless there are more than 4); may be empty (then rows never finish).
+    strategy: a hashable ``Strategy`` such as ``Greedy()`` or ``Sampling()`` (static).
+    rng: PRNG key; step s draws with ``fold_in(rng, s)`` (Greedy ignores it).
+    pad_id: written after a row's first EOS and in unused columns (traced).
+  Returns:
+    ``SampleOutput`` with tokens int32 [B, N], lengths int32 [B] (including the EOS),
+    finished bool [B], steps int32 [].
+  Raises:
+    ValueError: on bad shapes or max_new_tokens < 1.
+  """
+  if prompt_tokens.ndim != 2:
+    raise ValueError(f"prompt_tokens must be [B, P], got shape {prompt_tokens.shape}")
+  if prompt_lengths.shape != prompt_tokens.shape[:1]:
+    raise ValueError(
+        f"prompt_lengths shape {prompt_lengths.shape} != batch {prompt_tokens.shape[:1]}")
+  if prompt_tokens.shape[1] < 1:
+    raise ValueError("prompt block must have at least one column")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  # Pad the EOS list to a multiple of 4 with -1 (never sampled) so that the usual one to four
+  # EOS ids share one compilation.
+  eos = [int(e) for e in eos_ids]
+  eos = jnp.asarray(eos + [-1] * (max(4, _round_up(len(eos), 4)) - len(eos)), jnp.int32)
+  return _generate(params, prompt_tokens, prompt_lengths, rng, eos, jnp.int32(pad_id),
+                   config=config, max_new_tokens=int(max_new_tokens), strategy=strategy)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+                         *, config: LlamaConfig) -> jax.Array:
+  prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, prompt_tokens.shape[1])
+  segment_ids, positions = _prompt_layout(prompt_tokens, prompt_lengths)
+  prompt_tokens = jnp.where(segment_ids > 0, prompt_tokens.astype(jnp.int32), 0)
+  logits, _ = Llama(config).apply(params, prompt_tokens, positions, segment_ids)
+  # Left padding: column P-1 is every row's last real token.
+  return jax.nn.log_softmax(logits[:, -1], axis=-1)
+
+
+def next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+                        *, config: LlamaConfig) -> jax.Array:
+  """Log-probabilities of the token following each left-padded prompt (one forward pass).
+
+  Note: the model computes logits for every column, so this materializes f32[B, P, V]
+  (e.g. 8 x 1024 x 32000 x 4 bytes = 1 GiB); size B accordingly.
+
+  Args:
+    params: ``{"params": ...}`` of ``Llama(config)``.
+    prompt_tokens: int32 [B, P] LEFT-padded prompts.
+    prompt_lengths: int32 [B] real tokens per row (>= 1 for a meaningful result; a row of
+      length 0 gives finite garbage).
+    config: model configuration (static).
+  Returns:
+    float32 [B, V] log-softmax of the last position's logits.
+  Raises:
+    ValueError: on bad shapes.
+  """
+  if prompt_tokens.ndim != 2 or prompt_lengths.shape != prompt_tokens.shape[:1]:
+    raise ValueError(f"bad shapes: prompt_tokens {prompt_tokens.shape}, "
+                     f"prompt_lengths {prompt_lengths.shape}")
+  return _next_token_logprobs(params, prompt_tokens, prompt_lengths, config=config)
+
+
+class Tokenizer(Protocol):
+  """The tokenizer interface the host ``Sampler`` needs."""
+
+  eos_id: int
+  pad_id: int
+  bos_id: int | None
+
+  def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+    ...
+
+  def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+  index: int                # batch number in sorted order (seeds the rng)
+  rows: np.ndarray          # int64 [n] original prompt indices of the real rows
+  tokens: np.ndarray        # int32 [B, P] left-padded
+  lengths: np.ndarray       # int32 [B]; 0 on filler rows
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+class Sampler:
+  """Host-side batched text generation and next-token scoring.
+
+  Prompts are tokenized, truncated to ``max_prompt_len`` tokens if needed, sorted by length
+  (longest first, so similar lengths share a batch and the biggest shape compiles first),
+  left-padded to a multiple of ``bucket`` tokens (so at most ``max_prompt_len / bucket``
+  prompt shapes compile per budget), batched ``batch_size`` rows at a time with inert filler
+  rows in the last batch, and the results are returned in the caller's order.
+
+  Truncation is a last resort that the caller should avoid by building prompts that fit: it
+  keeps the END of the prompt (which carries the template's generation cue) and the leading
+  BOS, drops tokens after the BOS, and is counted in ``stats["truncated_prompts"]``.
+
+  Determinism: batch i (in sorted order) uses ``fold_in(PRNGKey(seed), i)``. A prompt's sample
+  therefore depends on the seed, the batch size and the other prompts in the call.
+
+  Attributes:
+    stats: running counters: "prompts", "truncated_prompts", "batches", "generated_tokens"
+      (including EOS), "unfinished" (rows cut by the budget before an EOS).
+  """
+
+  def __init__(self, config: LlamaConfig, tokenizer: Tokenizer, *, max_prompt_len: int,
+               batch_size: int, bucket: int = 64, mesh: jax.sharding.Mesh | None = None,
+               data_axis: str = "data"):
+    """Constructor.
+
+    Args:
+      config: model configuration.
+      tokenizer: see ``Tokenizer``.
+      max_prompt_len: longest prompt kept (tokens); longer ones are left-truncated.
+      batch_size: rows per device call (fixed; the last batch is filled).
+      bucket: prompt widths are rounded up to a multiple of this (tokens).
+      mesh: if given, batches are sharded along ``data_axis`` (params are placed by the
+        caller).
+      data_axis: mesh axis name for the batch.
+    Raises:
+      ValueError: on non-positive sizes, or batch_size not divisible by the data axis size.
+    """
+    if max_prompt_len < 1 or batch_size < 1 or bucket < 1:
+      raise ValueError(f"need positive sizes: max_prompt_len={max_prompt_len}, "
+                       f"batch_size={batch_size}, bucket={bucket}")
+    self.config = config
+    self.tokenizer = tokenizer
+    self.max_prompt_len = max_prompt_len
+    self.batch_size = batch_size
+    self.bucket = bucket
+    self._sharding = None
+    if mesh is not None:
+      shards = mesh.shape[data_axis]
+      if batch_size % shards:
+        raise ValueError(f"batch_size={batch_size} not divisible by mesh axis "
+                         f"{data_axis!r} of size {shards}")
+      self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+    self.stats: dict[str, int] = {"prompts": 0, "truncated_prompts": 0, "batches": 0,
+                                  "generated_tokens": 0, "unfinished": 0}
+
+  def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+    """Tokenizes and, as a last resort, left-truncates; counts truncations in ``stats``."""
+    bos = self.tokenizer.bos_id
+    out, truncated = [], 0
+    for text in prompts:
+      ids = list(self.tokenizer.encode(text))
+      if len(ids) > self.max_prompt_len:
+        truncated += 1
+        if bos is not None and ids[0] == bos and self.max_prompt_len > 1:
+          ids = [bos] + ids[len(ids) - self.max_prompt_len + 1:]
+        else:
+          ids = ids[len(ids) - self.max_prompt_len:]
+      out.append(ids)
+    if truncated:
+      _log.warning("Sampler: left-truncated %d of %d prompts to %d tokens", truncated,
+                   len(prompts), self.max_prompt_len)
+    self.stats["prompts"] += len(prompts)
+    self.stats["truncated_prompts"] += truncated
+    return out
+
+  def _batches(self, ids: list[list[int]]) -> list[_Batch]:
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep order
+    pad = self.tokenizer.pad_id
+    batches = []
+    for n, start in enumerate(range(0, len(order), self.batch_size)):
+      rows = np.asarray(order[start:start + self.batch_size], np.int64)
+      width = _round_up(max(1, max(len(ids[i]) for i in rows)), self.bucket)
+      tokens = np.full((self.batch_size, width), pad, np.int32)
+      lengths = np.zeros((self.batch_size,), np.int32)
+      for r, i in enumerate(rows):
+        if ids[i]:
+          tokens[r, width - len(ids[i]):] = ids[i]
+        lengths[r] = len(ids[i])
+      batches.append(_Batch(n, rows, tokens, lengths))
+    return batches
+
+  def _put(self, x: np.ndarray) -> jax.Array:
+    return jnp.asarray(x) if self._sharding is None else jax.device_put(x, self._sharding)
+
+  def generate_texts(self, params: Params, prompts: Sequence[str], *, max_new_tokens: int,
+                     strategy: Strategy, seed: int, progress: bool = False,
+                     return_finished: bool = False) -> list[str] | tuple[list[str], list[bool]]:
+    """Generates one continuation per prompt.
+
+    Args:
+      params: model parameters (placed/sharded by the caller).
+      prompts: N prompt strings (already templated).
+      max_new_tokens: budget per prompt (tokens).
+      strategy: ``Greedy()`` or ``Sampling(...)``.
+      seed: integer seed; same seed + same call -> same texts.
+      progress: show a tqdm bar over batches.
+      return_finished: also return, per prompt, whether it ended with an EOS (False = cut by
+        the budget, i.e. probably an incomplete text).
+    Returns:
+      N decoded texts (EOS and everything after it excluded) in the order of ``prompts``;
+      with ``return_finished``, a pair (texts, finished flags).
+    """
+    texts: list[str] = [""] * len(prompts)
+    finished: list[bool] = [False] * len(prompts)
+    batches = self._batches(self.encode_prompts(prompts))
+    base_rng = jax.random.PRNGKey(seed)
+    for batch in _maybe_tqdm(batches, progress, "generate"):
+      out = generate(params, self._put(batch.tokens), self._put(batch.lengths),
+                     config=self.config, max_new_tokens=max_new_tokens,
+                     eos_ids=(self.tokenizer.eos_id,), strategy=strategy,
+                     rng=jax.random.fold_in(base_rng, batch.index),
+                     pad_id=self.tokenizer.pad_id)
+      tokens, lengths, done = jax.device_get((out.tokens, out.lengths, out.finished))
+      for r, i in enumerate(batch.rows):
+        n = int(lengths[r]) - int(done[r])
+        texts[i] = self.tokenizer.decode(tokens[r, :n].tolist(), skip_special_tokens=True)
+        finished[i] = bool(done[r])
+      real = slice(0, len(batch.rows))
+      self.stats["batches"] += 1
+      self.stats["generated_tokens"] += int(lengths[real].sum())
+      self.stats["unfinished"] += int((~done[real]).sum())
+    return (texts, finished) if return_finished else texts
+
+  def score_next_token(self, params: Params, prompts: Sequence[str],
+                       candidate_token_ids: Sequence[int], *,
+                       progress: bool = False) -> np.ndarray:
+    """Next-token distribution restricted to K candidates (e.g. the tokens "1".."5").
+
+    Args:
+      params: model parameters.
+      prompts: N prompt strings, each ending where the candidate token would follow.
+      candidate_token_ids: K token ids.
+      progress: show a tqdm bar over batches.
+    Returns:
+      float32 [N, K]: P(candidate | prompt) renormalized over the K candidates (rows sum to 1),
+      in the order of ``prompts``.
+    Raises:
+      ValueError: if no candidates are given.
+    """
+    cand = np.asarray(list(candidate_token_ids), np.int32)
+    if cand.size == 0:
+      raise ValueError("candidate_token_ids is empty")
+    probs = np.zeros((len(prompts), cand.size), np.float32)
+    for batch in _maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"):
+      logp = next_token_logprobs(params, self._put(batch.tokens), self._put(batch.lengths),
+                                 config=self.config)
+      p = np.asarray(jax.device_get(jax.nn.softmax(logp[:, cand], axis=-1)))
+      probs[batch.rows] = p[:len(batch.rows)]
+      self.stats["batches"] += 1
+    return probs
+
+
+def _maybe_tqdm(items, progress: bool, desc: str):
+  if not progress:
+    return items
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(items, desc=desc, unit="batch")

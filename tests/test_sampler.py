@@ -1,0 +1,335 @@
+"""Tests for humpback_jax.sample: cached decode vs brute force, EOS handling, HF warper semantics,
+next-token scoring and the host-side Sampler. Tiny random models on CPU.
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=8 for the mesh test.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from humpback_jax.models.config import LlamaConfig
+from humpback_jax.models.llama import Llama, init_params
+from humpback_jax.sample import sampler as sampler_lib
+from humpback_jax.sample.sampler import Sampler, generate, next_token_logprobs
+from humpback_jax.sample.sampling import Greedy, Sampling
+
+CFG = LlamaConfig(vocab_size=264, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, max_seq_len=256)
+N_NEW = 12
+
+
+W = 13  # common prompt width of the device-level tests (fewer compiles)
+BRUTE_W = 32  # buffer width of the brute-force forward
+
+
+@pytest.fixture(scope="module")
+def params():
+  return jax.jit(init_params, static_argnums=0)(CFG, jax.random.PRNGKey(0))
+
+
+def _prompts(seed: int, lengths: list[int]) -> list[list[int]]:
+  rs = np.random.RandomState(seed)
+  return [rs.randint(3, CFG.vocab_size, size=n).tolist() for n in lengths]
+
+
+def _left_pad(prompts: list[list[int]], width: int = W, pad: int = 0):
+  tokens = np.full((len(prompts), width), pad, np.int32)
+  for i, p in enumerate(prompts):
+    if p:
+      tokens[i, width - len(p):] = p
+  return jnp.asarray(tokens), jnp.asarray([len(p) for p in prompts], jnp.int32)
+
+
+@jax.jit
+def _full_forward(params, tokens, length):
+  """No-cache forward over one right-padded sequence int32[BRUTE_W]; logits f32[BRUTE_W, V]."""
+  seg = (jnp.arange(tokens.shape[0]) < length).astype(jnp.int32)[None]
+  pos = jnp.arange(tokens.shape[0], dtype=jnp.int32)[None]
+  return Llama(CFG).apply(params, tokens[None], pos, seg)[0][0]
+
+
+def _brute_greedy(params, prompt: list[int], n: int) -> list[int]:
+  """Full forward over the whole growing sequence each step, arg-max of the last position."""
+  assert len(prompt) + n <= BRUTE_W
+  seq = list(prompt)
+  for _ in range(n):
+    buf = np.zeros((BRUTE_W,), np.int32)
+    buf[:len(seq)] = seq
+    logits = np.asarray(_full_forward(params, jnp.asarray(buf), len(seq)))
+    seq.append(int(np.argmax(logits[len(seq) - 1])))
+  return seq[len(prompt):]
+
+
+def _greedy(params, tokens, lengths, n=N_NEW, eos_ids=(), pad_id=0):
+  return generate(params, tokens, lengths, config=CFG, max_new_tokens=n, eos_ids=eos_ids,
+                  strategy=Greedy(), rng=jax.random.PRNGKey(0), pad_id=pad_id)
+
+
+def test_greedy_matches_brute_force_no_cache(params):
+  prompts = _prompts(1, [7, 3, 11])
+  tokens, lengths = _left_pad(prompts)
+  out = _greedy(params, tokens, lengths)
+  assert out.tokens.shape == (3, N_NEW) and out.tokens.dtype == jnp.int32
+  np.testing.assert_array_equal(out.lengths, [N_NEW] * 3)
+  assert not np.asarray(out.finished).any() and int(out.steps) == N_NEW
+  for b, prompt in enumerate(prompts):
+    assert np.asarray(out.tokens[b]).tolist() == _brute_greedy(params, prompt, N_NEW), b
+
+
+def test_left_padded_row_equals_unpadded_alone(params):
+  prompt = _prompts(2, [5])[0]
+  others = _prompts(3, [9, 2])
+  tokens, lengths = _left_pad([others[0], prompt, others[1]])
+  batched = _greedy(params, tokens, lengths)
+  alone = _greedy(params, jnp.asarray([prompt], jnp.int32), jnp.asarray([len(prompt)]))
+  np.testing.assert_array_equal(batched.tokens[1], alone.tokens[0])
+  # Also the next-token distributions, not only the arg-max.
+  lp_b = next_token_logprobs(params, tokens, lengths, config=CFG)
+  lp_a = next_token_logprobs(params, jnp.asarray([prompt], jnp.int32), jnp.asarray([5]),
+                             config=CFG)
+  np.testing.assert_allclose(lp_b[1], lp_a[0], atol=1e-5)
+
+
+def test_eos_masking_lengths_and_early_exit(params):
+  prompts = _prompts(4, [6, 4, 8])
+  tokens, lengths = _left_pad(prompts)
+  ref = np.asarray(_greedy(params, tokens, lengths).tokens)
+  # One EOS id per row, taken from the unconstrained greedy run; any of them ends any row.
+  eos = tuple(sorted({int(ref[0, 2]), int(ref[1, 5]), int(ref[2, 3])}))
+  pad = -1
+  out = _greedy(params, tokens, lengths, eos_ids=eos, pad_id=pad)
+  first = [int(np.flatnonzero(np.isin(ref[b], eos))[0]) for b in range(3)]
+  for b in range(3):
+    expected = np.full((N_NEW,), pad)
+    expected[:first[b] + 1] = ref[b, :first[b] + 1]
+    np.testing.assert_array_equal(out.tokens[b], expected)
+  np.testing.assert_array_equal(out.lengths, [f + 1 for f in first])
+  np.testing.assert_array_equal(out.content_lengths, first)
+  assert np.asarray(out.finished).all()
+  assert int(out.steps) == max(first) + 1 < N_NEW
+
+
+def test_empty_rows_are_inert_and_unfinished_rows_run_to_budget(params):
+  prompts = _prompts(5, [6, 4])
+  tokens, lengths = _left_pad([prompts[0], [], prompts[1]])
+  ref = np.asarray(_greedy(params, tokens, lengths).tokens)
+  assert (ref[1] == 0).all()  # empty row: all pad
+  # Both real rows finish early; the empty row must not keep the loop alive.
+  eos = (int(ref[0, 1]), int(ref[2, 2]))
+  out = _greedy(params, tokens, lengths, eos_ids=eos, pad_id=-1)
+  first = [int(np.flatnonzero(np.isin(ref[b], eos))[0]) for b in (0, 2)]
+  assert int(out.steps) == max(first) + 1 < N_NEW
+  np.testing.assert_array_equal(out.lengths, [first[0] + 1, 0, first[1] + 1])
+  np.testing.assert_array_equal(out.finished, [True, False, True])
+  assert (np.asarray(out.tokens[1]) == -1).all()
+  # Rows that never emit EOS: full budget, finished=False, nothing masked.
+  never = int(np.setdiff1d(np.arange(3, CFG.vocab_size), ref)[0])
+  out = _greedy(params, tokens, lengths, eos_ids=(never,))
+  assert int(out.steps) == N_NEW
+  np.testing.assert_array_equal(out.lengths, [N_NEW, 0, N_NEW])
+  assert not np.asarray(out.finished).any()
+  np.testing.assert_array_equal(out.tokens, ref)
+
+
+def test_sampling_deterministic_per_seed(params):
+  tokens, lengths = _left_pad(_prompts(6, [5, 9, 7]))
+  run = lambda seed: np.asarray(generate(
+      params, tokens, lengths, config=CFG, max_new_tokens=N_NEW, eos_ids=(), strategy=Sampling(),
+      rng=jax.random.PRNGKey(seed)).tokens)
+  a, b, c = run(1), run(1), run(2)
+  np.testing.assert_array_equal(a, b)
+  assert (a != c).any()
+  assert (a[0] != a[1]).any()  # rows draw independently
+
+
+# ---------------------------------------------------------------- warpers vs HF semantics
+
+
+def _np_warp(logits: np.ndarray, temperature: float, top_p: float, top_k: int) -> np.ndarray:
+  """Brute-force numpy port of HF Temperature -> TopK -> TopP warpers (min_tokens_to_keep=1)."""
+  x = logits.astype(np.float64) / temperature
+  if top_k:
+    kth = np.sort(x, axis=-1)[:, -min(top_k, x.shape[-1])][:, None]
+    x = np.where(x < kth, -np.inf, x)
+  if top_p < 1.0:
+    for row in x:
+      idx = np.argsort(row, kind="stable")  # ascending
+      s = row[idx]
+      e = np.exp(s - s.max())
+      cum = np.cumsum(e / e.sum())
+      remove = cum <= 1.0 - top_p
+      remove[-1] = False
+      row[idx[remove]] = -np.inf
+  return x
+
+
+CASES = [(0.7, 0.9, 0), (1.0, 0.5, 0), (0.7, 1.0, 5), (1.3, 0.8, 10), (0.5, 0.95, 3),
+         (2.0, 0.3, 0)]
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", CASES)
+def test_warp_matches_numpy_hf(temperature, top_p, top_k):
+  logits = np.random.RandomState(7).normal(size=(64, 50)).astype(np.float32) * 3
+  got = np.asarray(Sampling(temperature, top_p, top_k).warp(jnp.asarray(logits)))
+  want = _np_warp(logits, temperature, top_p, top_k)
+  np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+  np.testing.assert_allclose(got[np.isfinite(got)], want[np.isfinite(want)], rtol=1e-5)
+  assert np.isfinite(got).sum(-1).min() >= 1
+
+
+def test_warp_matches_transformers():
+  torch = pytest.importorskip("torch")
+  lp = pytest.importorskip("transformers.generation.logits_process")
+  logits = np.random.RandomState(8).normal(size=(32, 40)).astype(np.float32) * 3
+  for temperature, top_p, top_k in CASES:
+    x = torch.from_numpy(logits.copy())
+    x = lp.TemperatureLogitsWarper(temperature)(None, x)
+    if top_k:
+      x = lp.TopKLogitsWarper(top_k)(None, x)
+    if top_p < 1.0:
+      x = lp.TopPLogitsWarper(top_p)(None, x)
+    got = np.asarray(Sampling(temperature, top_p, top_k).warp(jnp.asarray(logits)))
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(x.numpy()))
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(0.7, 0.9, 0), (1.3, 0.8, 4)])
+def test_sampling_frequencies(temperature, top_p, top_k):
+  logits = np.random.RandomState(9).normal(size=(12,)).astype(np.float32) * 1.5
+  n = 20000
+  draws = np.asarray(Sampling(temperature, top_p, top_k)(
+      jnp.broadcast_to(jnp.asarray(logits), (n, 12)), jax.random.PRNGKey(3)))
+  assert draws.dtype == np.int32 and draws.shape == (n,)
+  w = _np_warp(logits[None], temperature, top_p, top_k)[0]
+  probs = np.exp(w - w.max())
+  probs /= probs.sum()
+  freq = np.bincount(draws, minlength=12) / n
+  assert (freq[probs == 0] == 0).all()  # never outside the kept set
+  np.testing.assert_allclose(freq, probs, atol=0.015)
+
+
+def test_greedy_strategy_and_validation():
+  logits = jnp.asarray([[0.1, 2.0, -1.0], [3.0, 3.0, 0.0]])
+  np.testing.assert_array_equal(Greedy()(logits, None), [1, 0])
+  for bad in [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1)]:
+    with pytest.raises(ValueError):
+      Sampling(**bad)
+  hash(Sampling())  # static jit argument
+
+
+def test_next_token_logprobs_matches_brute_force(params):
+  prompts = _prompts(10, [4, 9, 1])
+  tokens, lengths = _left_pad(prompts)
+  got = np.asarray(next_token_logprobs(params, tokens, lengths, config=CFG))
+  assert got.shape == (3, CFG.vocab_size) and got.dtype == np.float32
+  for b, p in enumerate(prompts):
+    buf = np.zeros((BRUTE_W,), np.int32)
+    buf[:len(p)] = p
+    logits = np.asarray(_full_forward(params, jnp.asarray(buf), len(p))[len(p) - 1],
+                        np.float64)
+    want = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())
+    np.testing.assert_allclose(got[b], want, atol=1e-5)
+
+
+# ---------------------------------------------------------------- host-side Sampler
+
+
+class ByteTokenizer:
+  """Toy byte-level tokenizer: 0 pad, 1 BOS, 2 EOS, byte b -> b + 3 (ids >= 259 unused)."""
+
+  pad_id, bos_id, eos_id = 0, 1, 2
+
+  def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+    ids = [b + 3 for b in text.encode("utf-8")]
+    return ids if add_bos is False else [self.bos_id] + ids
+
+  def decode(self, ids, skip_special_tokens: bool = True) -> str:
+    return bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", errors="replace")
+
+
+PROMPTS = ["Hello there", "x", "A somewhat longer prompt than the others!! (truncated)",
+           "What is 2+2?", "Score:", "abc def ghi jkl"]
+MAX_PROMPT = 32
+
+
+def _truncated_ids(tok, text: str) -> list[int]:
+  ids = tok.encode(text)
+  return [tok.bos_id] + ids[len(ids) - MAX_PROMPT + 1:] if len(ids) > MAX_PROMPT else ids
+
+
+def _alone(ids: list[int]):
+  """One prompt in row 0, inert empty rows after it (same [4, 32] shape as the Sampler's)."""
+  return _left_pad([ids, [], [], []], width=MAX_PROMPT)
+
+
+def _reference_texts(params, tok):
+  """Each prompt alone, manually left-truncated, through greedy `generate`, in order."""
+  texts, finished = [], []
+  for text in PROMPTS:
+    t, l = _alone(_truncated_ids(tok, text))
+    out = generate(params, t, l, config=CFG, max_new_tokens=N_NEW, eos_ids=(tok.eos_id,),
+                   strategy=Greedy(), rng=jax.random.PRNGKey(0), pad_id=tok.pad_id)
+    texts.append(tok.decode(np.asarray(out.tokens[0, :int(out.content_lengths[0])]).tolist()))
+    finished.append(bool(out.finished[0]))
+  return texts, finished
+
+
+def test_sampler_order_truncation_and_filler_rows(params):
+  tok = ByteTokenizer()
+  # batch_size=4 over 6 prompts: two batches, the second with two filler rows.
+  s = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, bucket=32)
+  texts, finished = s.generate_texts(params, PROMPTS, max_new_tokens=N_NEW, strategy=Greedy(),
+                                     seed=0, return_finished=True)
+  want_texts, want_finished = _reference_texts(params, tok)
+  assert len(set(want_texts)) > 1  # order actually matters
+  assert texts == want_texts
+  assert finished == want_finished
+  assert s.stats["truncated_prompts"] == 1 and s.stats["prompts"] == len(PROMPTS)
+  assert s.stats["batches"] == 2
+
+
+def test_sampler_seed_determinism(params):
+  s = Sampler(CFG, ByteTokenizer(), max_prompt_len=MAX_PROMPT, batch_size=4, bucket=32)
+  run = lambda seed: s.generate_texts(params, PROMPTS, max_new_tokens=N_NEW,
+                                      strategy=Sampling(), seed=seed)
+  a, b, c = run(5), run(5), run(6)
+  assert a == b and a != c
+
+
+def test_score_next_token(params):
+  tok = ByteTokenizer()
+  s = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, bucket=32)
+  cands = [tok.encode(str(d), add_bos=False)[0] for d in range(1, 6)]
+  got = s.score_next_token(params, PROMPTS, cands)
+  assert got.shape == (len(PROMPTS), 5) and got.dtype == np.float32
+  np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+  for i, text in enumerate(PROMPTS):
+    lp = next_token_logprobs(params, *_alone(_truncated_ids(tok, text)), config=CFG)
+    want = np.asarray(jax.nn.softmax(lp[0, np.asarray(cands)]))
+    np.testing.assert_allclose(got[i], want, atol=1e-5)
+
+
+def test_sampler_with_mesh_matches_unsharded(params):
+  if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:8]), ("data",))
+  kw = dict(max_new_tokens=N_NEW, strategy=Greedy(), seed=0)
+  plain = Sampler(CFG, ByteTokenizer(), max_prompt_len=MAX_PROMPT, batch_size=8, bucket=16)
+  sharded = Sampler(CFG, ByteTokenizer(), max_prompt_len=MAX_PROMPT, batch_size=8, bucket=16,
+                    mesh=mesh)
+  assert sharded.generate_texts(params, PROMPTS, **kw) == plain.generate_texts(
+      params, PROMPTS, **kw)
+  with pytest.raises(ValueError):
+    Sampler(CFG, ByteTokenizer(), max_prompt_len=MAX_PROMPT, batch_size=6, mesh=mesh)
+
+
+def test_generate_argument_errors(params):
+  tokens, lengths = _left_pad(_prompts(11, [3]))
+  with pytest.raises(ValueError):
+    _greedy(params, tokens, lengths, n=0)
+  with pytest.raises(ValueError):
+    _greedy(params, tokens[0], lengths)
+  assert sampler_lib.SampleOutput is not None
