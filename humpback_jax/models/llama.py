@@ -171,21 +171,25 @@ def attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots):
 class Llama(nn.Module):
   """LLaMA causal LM.
 
-  ``__call__(tokens, positions, segment_ids=None, cache=None)``:
+  ``__call__(tokens, positions, segment_ids=None, cache=None, last_logits_only=False)``:
     tokens: int32 [B, T] token ids.
     positions: int32 [B, T] RoPE positions (tokens from the start of each example).
     segment_ids: int32 [B, T]; 0 marks padding; ``None`` means all ones.
     cache: a ``KVCache`` from ``init_cache`` or a previous call; new keys/values are written at
       slots ``[cache["index"], cache["index"] + T)``.
+    last_logits_only: project only the last column to the vocabulary (logits [B, 1, V]); with
+      left-padded prompts that is every row's next-token distribution, without materializing
+      [B, T, V] (1 GiB at B=8, T=1024, V=32000).
   Returns:
-    (logits float32 [B, T, V], new cache or None).
+    (logits float32 [B, T, V] (or [B, 1, V]), new cache or None).
   """
 
   config: LlamaConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, tokens, positions, segment_ids=None, cache: KVCache | None = None):
+  def __call__(self, tokens, positions, segment_ids=None, cache: KVCache | None = None,
+               last_logits_only: bool = False):
     cfg = self.config
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
@@ -225,6 +229,8 @@ class Llama(nn.Module):
     )(cfg, deterministic=self.deterministic, name="layers")
     x, new_kv = layers(x, xs, cos, sin, mask, cache_index)
 
+    if last_logits_only:
+      x = x[:, -1:]
     x = RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name="final_norm")(x)
     if cfg.tie_word_embeddings:
       logits = embed.attend(x.astype(cfg.compute_dtype))

@@ -246,8 +246,9 @@ def _next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_length
   prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, prompt_tokens.shape[1])
   segment_ids, positions = _prompt_layout(prompt_tokens, prompt_lengths)
   prompt_tokens = jnp.where(segment_ids > 0, prompt_tokens.astype(jnp.int32), 0)
-  logits, _ = Llama(config).apply(params, prompt_tokens, positions, segment_ids)
-  # Left padding: column P-1 is every row's last real token.
+  # Left padding: column P-1 is every row's last real token, the only one projected.
+  logits, _ = Llama(config).apply(params, prompt_tokens, positions, segment_ids,
+                                  last_logits_only=True)
   return jax.nn.log_softmax(logits[:, -1], axis=-1)
 
 
@@ -255,8 +256,7 @@ def next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths
                         *, config: LlamaConfig) -> jax.Array:
   """Log-probabilities of the token following each left-padded prompt (one forward pass).
 
-  Note: the model computes logits for every column, so this materializes f32[B, P, V]
-  (e.g. 8 x 1024 x 32000 x 4 bytes = 1 GiB); size B accordingly.
+  Only the last column is projected to the vocabulary (no f32[B, P, V] logits).
 
   Args:
     params: ``{"params": ...}`` of ``Llama(config)``.
