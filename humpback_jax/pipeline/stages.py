@@ -1,0 +1,233 @@
+"""The Humpback pipeline stages ([HB] §2), each a small unit with declared inputs and outputs.
+
+``prepare_seed -> prepare_web -> train_backward -> augment -> train_M0 -> curate_M0 -> train_M1
+-> curate_M1 -> train_M2`` (for ``iterations = 2``). A stage reads its inputs from the run
+directory and writes its outputs there (atomically, or as resumable append-only partial files),
+and returns the extras recorded in the manifest (``count`` at least).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from typing import Callable
+
+from humpback_jax import curate, jsonl
+from humpback_jax.data import templates
+from humpback_jax.pipeline.context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """A pipeline step: ``run(ctx) -> manifest extras``; outputs are paths under RUN_DIR."""
+
+  name: str
+  inputs: tuple[str, ...]
+  outputs: tuple[str, ...]
+  run: Callable[[RunContext], dict]
+
+
+# --------------------------------------------------------------------------- data stages
+
+
+def prepare_seed(ctx: RunContext) -> dict:
+  from humpback_jax.data.seed import build_seed
+  pairs, stats = build_seed(ctx.config.seed, data_root=ctx.data_root)
+  if not pairs:
+    raise ValueError(f"prepare_seed: no seed pairs left; drops: {stats.get('dropped')}")
+  jsonl.write_jsonl(pairs, ctx.path("data/seed.jsonl"))
+  ctx.write_json("data/seed_stats.json", stats)
+  return {"count": len(pairs), "lengths": stats.get("lengths"), "dropped": stats.get("dropped")}
+
+
+def prepare_web(ctx: RunContext) -> dict:
+  from humpback_jax.data.web import build_segments
+  segments, stats = build_segments(ctx.config.web, data_root=ctx.data_root,
+                                   progress=ctx.progress)
+  if not segments:
+    raise ValueError(f"prepare_web: no segments survived the filters: {stats}")
+  jsonl.write_jsonl(segments, ctx.path("data/segments.jsonl"))
+  ctx.write_json("data/web_stats.json", stats)
+  return {"count": len(segments), "stats": stats}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train(ctx: RunContext, name: str, records: list[dict], direction: str, train_cfg) -> dict:
+  """Fine-tunes the base model on ``records`` and saves ``models/<name>``.
+
+  ``direction``: "forward" (instruction+tags -> response) or "backward" (response ->
+  instruction). Every M_t starts from the base LM ([HB] §2.3).
+  """
+  from humpback_jax.pipeline.training import fine_tune
+  train_file = ctx.path(f"data/train_{name}.jsonl")
+  jsonl.write_jsonl(records, train_file)
+  model_cfg, base_params = ctx.base_model
+  summary = fine_tune(
+      model_config=model_cfg, base_params=base_params, tokenizer=ctx.tokenizer,
+      train_file=str(train_file), direction=direction, train_config=train_cfg,
+      model_dir=str(ctx.path(f"models/{name}/x").parent), seed=ctx.config.seed_value,
+      progress=ctx.progress)
+  summary["train_seconds"] = summary.pop("seconds", None)
+  return dict(summary, count=len(records))
+
+
+def _load_trained(ctx: RunContext, name: str):
+  from humpback_jax.pipeline.training import load_trained
+  model_cfg, base_params = ctx.base_model
+  return load_trained(str(ctx.run_dir / "models" / name), model_cfg, base_params)
+
+
+def train_backward(ctx: RunContext) -> dict:
+  seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
+  records = [{"id": r["id"], "instruction": r["instruction"], "response": r["response"],
+              "tags": []} for r in seed]
+  return _train(ctx, "M_yx", records, "backward", ctx.config.backward_train)
+
+
+def _seed_records(ctx) -> list[dict]:
+  seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
+  return [{"id": r["id"], "instruction": r["instruction"], "response": r["response"],
+           "tags": [templates.TAG_ASSISTANT]} for r in seed]
+
+
+def train_forward(t: int) -> Callable[[RunContext], dict]:
+  """M_t on seed (tag S_a) + A_k^(t) (tag S_w); M0 on the seed alone."""
+
+  def run(ctx: RunContext) -> dict:
+    records = _seed_records(ctx)
+    n_seed = len(records)
+    if t > 0:
+      curated = jsonl.read_jsonl(ctx.run_dir / f"data/curated_A{t}.jsonl")
+      records += [{"id": c["id"], "instruction": c["instruction"], "response": c["response"],
+                   "tags": [templates.TAG_WEB]} for c in curated]
+    out = _train(ctx, f"M{t}", records, "forward", ctx.config.forward_train)
+    return dict(out, seed_examples=n_seed, augmented_examples=len(records) - n_seed)
+
+  return run
+
+
+# --------------------------------------------------------------------------- sampling stages
+
+
+def _sampler(ctx: RunContext, model_cfg, max_prompt_len: int, batch_size: int):
+  from humpback_jax.sample.sampler import Sampler
+  return Sampler(model_cfg, ctx.tokenizer, max_prompt_len=max_prompt_len, batch_size=batch_size)
+
+
+def _clean_instruction(text: str) -> str:
+  return text.strip().strip('"').strip()
+
+
+def augment(ctx: RunContext) -> dict:
+  """Self-augmentation ([HB] §2.1): M_yx writes one instruction x̂ per segment y.
+
+  Resumable: finished chunks are appended to ``candidates.partial.jsonl``; a rerun skips them.
+  Empty generations are dropped and counted.
+  """
+  from humpback_jax.sample.sampling import Sampling
+  cfg = ctx.config.augment
+  segments = jsonl.read_jsonl(ctx.run_dir / "data/segments.jsonl")
+  if cfg.max_segments is not None:
+    segments = segments[:cfg.max_segments]
+  model_cfg, params = _load_trained(ctx, "M_yx")
+  sampler = _sampler(ctx, model_cfg, cfg.max_prompt_len, cfg.batch_size)
+  strategy = Sampling(temperature=cfg.temperature, top_p=cfg.top_p)
+  partial = ctx.path("data/candidates.partial.jsonl")
+  with jsonl.JsonlAppender(partial) as out:
+    todo = [s for s in segments if s["id"] not in out.done_ids]
+    chunks = range(0, len(todo), cfg.chunk_size)
+    for ci in _progress(ctx, chunks, "augment (chunks)"):
+      chunk = todo[ci:ci + cfg.chunk_size]
+      prompts = [templates.backward_prompt(ctx.tokenizer, s["text"]) for s in chunk]
+      texts = sampler.generate_texts(params, prompts, max_new_tokens=cfg.max_new_tokens,
+                                     strategy=strategy, seed=ctx.config.seed_value + ci)
+      out.append({"id": s["id"], "instruction": _clean_instruction(x), "response": s["text"],
+                  "header": s.get("header"), "source": s.get("source")}
+                 for s, x in zip(chunk, texts))
+    records = list(out.records)
+  kept = [r for r in records if r["instruction"]]
+  jsonl.write_jsonl(kept, ctx.path("data/candidates.jsonl"))
+  return {"count": len(kept), "segments": len(segments),
+          "dropped_empty_instruction": len(records) - len(kept),
+          "truncated_prompts": sampler.stats.get("truncated_prompts", 0)}
+
+
+def curate_with(t: int) -> Callable[[RunContext], dict]:
+  """Self-curation by M_t: rate every candidate of A, keep score >= k -> A_k^(t+1)."""
+
+  def run(ctx: RunContext) -> dict:
+    cfg = ctx.config.curation
+    candidates = jsonl.read_jsonl(ctx.run_dir / "data/candidates.jsonl")
+    model_cfg, params = _load_trained(ctx, f"M{t}")
+    sampler = _sampler(ctx, model_cfg, cfg.max_prompt_len, cfg.batch_size)
+    partial = ctx.path(f"data/scores_M{t}.partial.jsonl")
+    with jsonl.JsonlAppender(partial) as out:
+      todo = [c for c in candidates if c["id"] not in out.done_ids]
+      chunks = range(0, len(todo), cfg.chunk_size)
+      for ci in _progress(ctx, chunks, f"curate M{t} (chunks)"):
+        chunk = todo[ci:ci + cfg.chunk_size]
+        out.append(curate.score_candidates(sampler, params, ctx.tokenizer, chunk, cfg,
+                                           seed=ctx.config.seed_value + 1000 * (t + 1) + ci))
+      scores = list(out.records)
+    jsonl.write_jsonl(scores, ctx.path(f"data/scores_M{t}.jsonl"))
+    by_id = {r["id"]: r["score"] for r in scores}
+    curated = curate.select(candidates, by_id, cfg.threshold)
+    jsonl.write_jsonl(curated, ctx.path(f"data/curated_A{t + 1}.jsonl"))
+    hist = curate.score_histogram(scores)
+    return {"count": len(curated), "scored": len(scores), "threshold": cfg.threshold,
+            "A_5": sum(1 for s in by_id.values() if s is not None and s >= 5),
+            "A_4": sum(1 for s in by_id.values() if s is not None and s >= 4),
+            "histogram": hist, "validity_rate": curate.validity_rate(scores),
+            "logprob_fallbacks": sum(1 for r in scores if r.get("source") == "logprob"),
+            "truncated_prompts": sampler.stats.get("truncated_prompts", 0)}
+
+  return run
+
+
+def export_final(ctx: RunContext) -> dict:
+  """Writes the last M_t as an HF directory that ``transformers.LlamaForCausalLM`` loads."""
+  from humpback_jax.models.convert import save_hf
+  name = f"M{ctx.config.iterations}"
+  model_cfg, params = _load_trained(ctx, name)
+  out = ctx.path(f"models/{name}_hf")
+  tmp = out.with_name(out.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  save_hf(model_cfg, params, str(tmp), tokenizer=ctx.tokenizer)
+  shutil.rmtree(out, ignore_errors=True)
+  os.replace(tmp, out)
+  return {"count": 1, "path": str(out.relative_to(ctx.run_dir))}
+
+
+def _progress(ctx, it, desc):
+  if not ctx.progress:
+    return it
+  from tqdm.auto import tqdm
+  return tqdm(it, desc=desc)
+
+
+def pipeline_stages(iterations: int = 2, export_hf: bool = True) -> list[Stage]:
+  """The stage list of [HB] §2 for ``iterations`` rounds of curation."""
+  stages = [
+      Stage("prepare_seed", (), ("data/seed.jsonl",), prepare_seed),
+      Stage("prepare_web", (), ("data/segments.jsonl",), prepare_web),
+      Stage("train_backward", ("data/seed.jsonl",), ("models/M_yx/params",), train_backward),
+      Stage("augment", ("data/segments.jsonl", "models/M_yx/params"), ("data/candidates.jsonl",),
+            augment),
+      Stage("train_M0", ("data/seed.jsonl",), ("models/M0/params",), train_forward(0)),
+  ]
+  for t in range(iterations):
+    stages.append(Stage(f"curate_M{t}", ("data/candidates.jsonl", f"models/M{t}/params"),
+                        (f"data/scores_M{t}.jsonl", f"data/curated_A{t + 1}.jsonl"),
+                        curate_with(t)))
+    stages.append(Stage(f"train_M{t + 1}", ("data/seed.jsonl", f"data/curated_A{t + 1}.jsonl"),
+                        (f"models/M{t + 1}/params",), train_forward(t + 1)))
+  if export_hf:
+    stages.append(Stage("export_hf", (f"models/M{iterations}/params",),
+                        (f"models/M{iterations}_hf",), export_final))
+  return stages

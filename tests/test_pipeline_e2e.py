@@ -1,0 +1,123 @@
+"""End to end: the whole pipeline on real inputs with stories260K (configs/smoke.gin).
+
+Checks every stage's artifacts and manifest line, that a rerun skips finished stages, that an
+interrupted curation resumes from its partial file without redoing finished work, and that the
+exported HF directory loads in transformers with the same logits as our params.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from humpback_jax import jsonl, paths
+from humpback_jax.cli import main
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SMOKE = str(REPO / "configs" / "smoke.gin")
+
+pytestmark = pytest.mark.skipif(
+    not (paths.default_data_root() / "weights" / "stories260K.bin").exists(),
+    reason="../shared/data not present")
+
+STAGES = ["prepare_seed", "prepare_web", "train_backward", "augment", "train_M0", "curate_M0",
+          "train_M1", "curate_M1", "train_M2", "export_hf"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("smoke_run")
+  assert main(["run", f"--gin_file={SMOKE}", f"--run_dir={d}", "--no_progress"]) == 0
+  return d
+
+
+def _manifest(d):
+  return json.loads((d / "manifest.json").read_text())
+
+
+def test_every_stage_done_with_counts(run_dir):
+  stages = _manifest(run_dir)["stages"]
+  assert list(stages) == STAGES
+  for name in STAGES:
+    assert stages[name]["status"] == "done", name
+    assert stages[name]["seconds"] >= 0
+  assert stages["prepare_seed"]["count"] == 48
+  assert stages["prepare_web"]["count"] > 0
+  n_cand = stages["augment"]["count"]
+  assert n_cand > 0
+  assert n_cand + stages["augment"]["dropped_empty_instruction"] == stages["augment"]["segments"]
+  for t in (0, 1):
+    c = stages[f"curate_M{t}"]
+    assert c["scored"] == n_cand
+    assert sum(c["histogram"].values()) == n_cand
+    curated = jsonl.read_jsonl(run_dir / f"data/curated_A{t + 1}.jsonl")
+    assert len(curated) == c["count"]
+    assert all(r["score"] >= c["threshold"] for r in curated)
+    scores = {r["id"]: r["score"] for r in jsonl.read_jsonl(run_dir / f"data/scores_M{t}.jsonl")}
+    assert c["count"] == sum(1 for s in scores.values() if s is not None and s >= c["threshold"])
+  # M_t trains on seed (tag S_a) + A^(t) (tag S_w).
+  train_m1 = jsonl.read_jsonl(run_dir / "data/train_M1.jsonl")
+  assert stages["train_M1"]["augmented_examples"] == stages["curate_M0"]["count"]
+  assert sum(r["tags"] == ["Answer in the style of an AI Assistant."] for r in train_m1) == 48
+  assert sum(r["tags"] == ["Answer with knowledge from web search."]
+             for r in train_m1) == stages["curate_M0"]["count"]
+
+
+def test_report(run_dir):
+  report = (run_dir / "report.md").read_text()
+  for needle in ["## Stages", "Iteration 1: scored by M0", "Iteration 2: scored by M1",
+                 "parse-validity rate", "| seed |", "candidates A"]:
+    assert needle in report, needle
+
+
+def test_rerun_skips_finished_stages(run_dir):
+  before = _manifest(run_dir)["stages"]
+  assert main(["run", f"--gin_file={SMOKE}", f"--run_dir={run_dir}", "--no_progress"]) == 0
+  after = _manifest(run_dir)["stages"]
+  assert {k: v["attempts"] for k, v in after.items()} == {k: v["attempts"] for k, v in
+                                                            before.items()}
+
+
+def test_interrupted_curation_resumes(run_dir):
+  # Simulate a crash in curate_M1 after part of the candidates were scored: keep the first
+  # chunk's records in the partial file plus a torn line, mark the stage "running".
+  scores = jsonl.read_jsonl(run_dir / "data/scores_M1.jsonl")
+  keep = scores[:8]
+  partial = run_dir / "data/scores_M1.partial.jsonl"
+  with open(partial, "w") as f:
+    for r in keep:
+      f.write(json.dumps(r) + "\n")
+    f.write('{"id": "torn')
+  (run_dir / "data/scores_M1.jsonl").unlink()
+  m = _manifest(run_dir)
+  m["stages"]["curate_M1"]["status"] = "running"
+  (run_dir / "manifest.json").write_text(json.dumps(m))
+  assert main(["stage", "curate_M1", f"--gin_file={SMOKE}", f"--run_dir={run_dir}",
+               "--no_progress"]) == 0
+  redone = jsonl.read_jsonl(run_dir / "data/scores_M1.jsonl")
+  assert [r["id"] for r in redone] == [r["id"] for r in scores]
+  assert redone[:8] == keep  # finished work was not redone
+  assert _manifest(run_dir)["stages"]["curate_M1"]["status"] == "done"
+
+
+def test_export_loads_in_transformers(run_dir):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  import jax
+  from humpback_jax.models.convert import load_llama2c
+  from humpback_jax.models.llama import Llama
+  from humpback_jax.pipeline.training import load_trained
+
+  cfg, base = load_llama2c(paths.default_data_root() / "weights" / "stories260K.bin")
+  _, params = load_trained(run_dir / "models" / "M2", cfg, base)
+  hf = transformers.LlamaForCausalLM.from_pretrained(run_dir / "models" / "M2_hf").eval()
+  toks = np.random.RandomState(0).randint(3, 512, (2, 17))
+  with torch.no_grad():
+    ref = hf(torch.tensor(toks)).logits.numpy()
+  pos = np.broadcast_to(np.arange(17), toks.shape)
+  ours = np.asarray(Llama(cfg).apply(jax.tree.map(np.asarray, params), toks, pos)[0])
+  np.testing.assert_allclose(ours, ref, atol=1e-4)
+  # M2 was trained: it differs from the base checkpoint.
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(base)))
