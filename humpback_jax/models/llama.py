@@ -135,7 +135,11 @@ class MLP(nn.Module):
         kernel_init=_dense_init(names), name=name)
     gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
     up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
-    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(nn.silu(gate) * up)
+    # SiLU as x / (1 + exp(-x)), the formula of PyTorch's kernel (jax.nn.silu's x * sigmoid(x)
+    # rounds differently, enough to move SmolLM2's logits by ~2e-5 over 30 layers).
+    gate32 = gate.astype(jnp.float32)
+    act = (gate32 / (1.0 + jnp.exp(-gate32))).astype(gate.dtype)
+    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(act * up)
 
 
 class DecoderLayer(nn.Module):
