@@ -1,0 +1,73 @@
+"""Orbax checkpoints of the training state: save every N steps and at the end, keep K, resume.
+
+Each checkpoint is a step directory holding the ``TrainState`` (``state``) and a small JSON
+(``meta``: the run's ``TrainConfig.math_dict()`` and the summary so far). Orbax writes a step
+into a temporary directory and renames it when complete (atomic finalize), so a save interrupted
+by a crash or preemption leaves the previous complete step as ``latest_step()``; leftover
+temporary directories are removed when the manager is next opened.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Thin wrapper around ``ocp.CheckpointManager`` for ``TrainState`` + JSON metadata.
+
+  Args:
+    directory: checkpoint root (created if missing); one subdirectory per saved step.
+    keep: number of most recent checkpoints to keep.
+    async_save: write in a background thread after the blocking device-to-host copy.
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int, async_save: bool = True):
+    self.directory = os.fspath(os.path.abspath(directory))
+    self._mngr = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    """The newest *complete* checkpoint's step, or None."""
+    return self._mngr.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._mngr.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict) -> None:
+    """Saves ``state`` (a pytree of jax arrays) and ``meta`` (JSON-able) as ``step``."""
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores step ``step`` onto the shardings of ``abstract_state``.
+
+    Args:
+      abstract_state: pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set; restored arrays
+        are placed (resharded if needed) accordingly.
+    Returns:
+      (state, meta).
+    """
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are committed."""
+    self._mngr.wait_until_finished()
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()
+
+
+def abstract_with_shardings(abstract: Any, shardings: Any) -> Any:
+  """``ShapeDtypeStruct`` tree carrying ``shardings`` (restore targets)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)

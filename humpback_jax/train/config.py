@@ -1,0 +1,81 @@
+"""Fine-tuning hyper-parameters ([HB] §3.1, Table 18) with the unreported ones chosen and named."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from humpback_jax.sharding import MeshConfig
+
+# Fields that change the trained parameters; a resumed run must agree on all of them.
+MATH_FIELDS = ("learning_rate", "end_learning_rate", "warmup_steps", "weight_decay",
+               "dropout_rate", "batch_size", "num_steps", "sequence_length", "adam_b1",
+               "adam_b2", "adam_eps", "grad_clip", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """One supervised fine-tuning run (M_yx, M0, M1 or M2).
+
+  Attributes:
+    num_steps: optimizer steps. [HB] §3.1 / Table 18 (7B data scaling): 3,200 examples ->
+      500 steps, 6,400-12,800 -> 600, 25,600 -> 1,200, 51,200 -> 1,600.
+    sequence_length: tokens per packed row (model input length). Not reported by [HB]; 2048
+      follows LIMA §3 ("texts longer than 2048 tokens are trimmed"), the setup [HB] builds on.
+    learning_rate: peak (initial) learning rate, 1e-5 ([HB] §3.1).
+    end_learning_rate: learning rate of the last step, 9e-6 ([HB] §3.1: "linearly decays to
+      9e-6 at the end of training"); reached exactly at step ``num_steps - 1``.
+    warmup_steps: linear warm-up from 0; 0 = none. Not reported; 0 as in LIMA §3.
+    weight_decay: AdamW decoupled weight decay, 0.1 ([HB] Table 18). Applied to every parameter
+      except RMSNorm scales (our choice, as HF Trainer's default exempts norm weights).
+    dropout_rate: residual dropout in training, 0.1 ([HB] Table 18).
+    batch_size: training examples per optimizer step, 32 ([HB] Table 18; 8 below 3,000
+      examples, see ``paper_batch_size``). With packing the data pipeline picks the number of
+      rows so that a step holds about this many examples (``data/tasks.py``).
+    adam_b1, adam_b2, adam_eps: AdamW moments. Not reported by [HB]; 0.9 / 0.95 from LIMA §3
+      (also LLaMA pre-training), eps 1e-8 (optax default).
+    grad_clip: global-norm gradient clipping; 1.0 (not reported; LLaMA pre-training's value).
+      0 disables it.
+    checkpoint_every: save an orbax checkpoint every this many steps (and always at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    seed: dropout RNG seed (the data order has its own seed in ``data/tasks.py``).
+    log_every: fetch and record metrics every this many steps.
+    mesh: device mesh axis sizes.
+  """
+
+  num_steps: int
+  sequence_length: int = 2048
+  learning_rate: float = 1e-5
+  end_learning_rate: float = 9e-6
+  warmup_steps: int = 0
+  weight_decay: float = 0.1
+  dropout_rate: float = 0.1
+  batch_size: int = 32
+  adam_b1: float = 0.9
+  adam_b2: float = 0.95
+  adam_eps: float = 1e-8
+  grad_clip: float = 1.0
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 2
+  seed: int = 0
+  log_every: int = 10
+  mesh: MeshConfig = MeshConfig()
+
+  def __post_init__(self):
+    if self.num_steps < 1:
+      raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+    if not 0 <= self.warmup_steps < self.num_steps:
+      raise ValueError(f"warmup_steps must be in [0, num_steps), got {self.warmup_steps}")
+    if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
+      raise ValueError("checkpoint_every, keep_checkpoints and log_every must be >= 1")
+
+  def replace(self, **kw) -> "TrainConfig":
+    return dataclasses.replace(self, **kw)
+
+  def math_dict(self) -> dict:
+    """The fields that determine the trained parameters (checked when resuming)."""
+    return {k: getattr(self, k) for k in MATH_FIELDS}
+
+
+def paper_batch_size(num_examples: int) -> int:
+  """[HB] Table 18: batch 32 examples, 8 for training sets below 3,000 examples."""
+  return 8 if num_examples < 3000 else 32

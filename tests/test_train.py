@@ -1,0 +1,263 @@
+"""Sharding rules, schedule, loss, the sharded train step, checkpoints/resume (``train/``)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from humpback_jax import sharding as shd
+from humpback_jax.models.config import LlamaConfig
+from humpback_jax.models.llama import Llama, init_params, param_logical_axes
+from humpback_jax.train import TrainConfig, train
+from humpback_jax.train.checkpoint import Checkpointer
+from humpback_jax.train.loss import weighted_cross_entropy
+from humpback_jax.train.schedule import learning_rate_schedule, make_optimizer
+from humpback_jax.train.state import TrainState, abstract_state, state_shardings
+from humpback_jax.train.step import make_train_step
+
+CFG = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2)
+SEQ = 32
+MESH_8 = shd.MeshConfig(data=2, fsdp=2, tensor=2)
+MESH_1 = shd.MeshConfig(data=1)
+@pytest.fixture(scope="module")
+def one_device():
+  return jax.devices()[:1]
+
+
+@pytest.fixture(scope="module")
+def params0():
+  return jax.device_get(jax.jit(lambda k: init_params(CFG, k))(jax.random.PRNGKey(0)))
+
+
+def synthetic_batch(index: int, rows: int = 8, length: int = SEQ) -> dict[str, np.ndarray]:
+  """Two packed examples per row, loss on the second half of each; padding in the last row."""
+  rng = np.random.default_rng(index)
+  half = length // 2
+  tokens = rng.integers(3, CFG.vocab_size, size=(rows, length + 1)).astype(np.int32)
+  seg = np.where(np.arange(length) < half, 1, 2)[None].repeat(rows, 0).astype(np.int32)
+  seg[-1, -4:] = 0
+  pos = np.where(np.arange(length) < half, np.arange(length), np.arange(length) - half)
+  pos = (pos[None].repeat(rows, 0) * (seg > 0)).astype(np.int32)
+  w = (((pos >= half // 2)) & (seg > 0)).astype(np.int32)
+  inp = tokens[:, :-1] * (seg > 0)
+  tgt = tokens[:, 1:] * (seg > 0)
+  return {"decoder_input_tokens": inp, "decoder_target_tokens": tgt, "decoder_loss_weights": w,
+          "decoder_segment_ids": seg, "decoder_positions": pos}
+
+
+def batches_from(start: int):
+  i = start
+  while True:
+    yield synthetic_batch(i)
+    i += 1
+
+
+def tcfg(**kw) -> TrainConfig:
+  base = dict(num_steps=4, sequence_length=SEQ, checkpoint_every=2, keep_checkpoints=2,
+              log_every=1, mesh=MESH_1)
+  return TrainConfig(**{**base, **kw})
+
+
+# ---------------------------------------------------------------------------- sharding rules
+
+
+def test_rules_cover_every_model_axis_and_reject_unknown_names():
+  names = {n for spec in jax.tree.leaves(param_logical_axes(CFG),
+                                         is_leaf=lambda x: isinstance(x, P)) for n in spec}
+  covered = {n for n, _ in shd.DEFAULT_LOGICAL_AXIS_RULES}
+  assert names - {None} <= covered
+  with pytest.raises(shd.UnknownLogicalAxisError, match="no sharding rule"):
+    shd.logical_to_mesh_spec(("embed", "experts"))
+  rules = [r for r in shd.DEFAULT_LOGICAL_AXIS_RULES if r[0] != "mlp"]
+  mesh = shd.make_mesh(MESH_8)
+  with pytest.raises(shd.UnknownLogicalAxisError, match="mlp"):
+    shd.param_shardings(CFG, mesh, rules)
+
+
+def test_mesh_config_and_param_shardings():
+  assert shd.MeshConfig().resolve(8) == (8, 1, 1)
+  assert shd.MeshConfig(data=-1, tensor=2).resolve(8) == (4, 1, 2)
+  with pytest.raises(ValueError):
+    shd.MeshConfig(data=3, fsdp=1, tensor=1).resolve(8)
+  with pytest.raises(ValueError):
+    shd.MeshConfig(data=-1, fsdp=-1).resolve(8)
+  mesh = shd.make_mesh(MESH_8)
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  s = shd.param_shardings(CFG, mesh)["params"]
+  assert s["embed_tokens"]["embedding"].spec == P("tensor", "fsdp")
+  assert s["layers"]["attn"]["q_proj"]["kernel"].spec == P(None, "fsdp", "tensor", None)
+  assert s["layers"]["mlp"]["down_proj"]["kernel"].spec == P(None, "tensor", "fsdp")
+  assert s["final_norm"]["scale"].spec == P(None)
+  assert shd.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
+  # an indivisible dimension (3 kv heads on tensor=2) is replicated, or rejected when strict
+  odd = CFG.replace(num_heads=6, num_kv_heads=3, hidden_size=36)
+  k = shd.param_shardings(odd, mesh)["params"]["layers"]["attn"]["k_proj"]["kernel"]
+  assert k.spec == P(None, "fsdp", None, None)
+  with pytest.raises(ValueError, match="not divisible"):
+    shd.param_shardings(odd, mesh, strict=True)
+
+
+# ---------------------------------------------------------------------------- schedule / loss
+
+
+def test_schedule_ends_exactly_at_9e6():
+  cfg = TrainConfig(num_steps=500)
+  lr = learning_rate_schedule(cfg)
+  eps = float(np.finfo(np.float32).eps)
+  assert abs(float(lr(0)) - 1e-5) <= 1e-5 * eps
+  assert abs(float(lr(499)) - 9e-6) <= 9e-6 * eps  # the LAST step uses 9e-6, not ~0
+  for k in (1, 100, 250, 498):
+    np.testing.assert_allclose(float(lr(k)), 1e-5 - 1e-6 * k / 499, rtol=1e-6)
+  assert float(lr(10_000)) == pytest.approx(9e-6)  # never below the end value
+  w = learning_rate_schedule(TrainConfig(num_steps=10, warmup_steps=2))
+  assert float(w(0)) == 0.0 and float(w(2)) == pytest.approx(1e-5)
+  assert float(w(9)) == pytest.approx(9e-6, rel=1e-6)
+
+
+def test_weighted_cross_entropy():
+  logits = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 7))
+  targets = jnp.array([[1, 2, 3, 4, 5], [6, 0, 1, 2, 3]])
+  weights = jnp.array([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
+  loss, m = weighted_cross_entropy(logits, targets, weights)
+  logp = jax.nn.log_softmax(logits)
+  ce = -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(loss, jnp.sum(ce * weights) / 5, rtol=1e-6)
+  assert float(m["num_tokens"]) == 5
+  acc = jnp.sum((jnp.argmax(logits, -1) == targets) * weights) / 5
+  np.testing.assert_allclose(m["accuracy"], acc)
+  zero, _ = weighted_cross_entropy(logits, targets, jnp.zeros_like(weights))
+  assert float(zero) == 0.0
+
+
+# ---------------------------------------------------------------------------- sharded step
+
+
+def _run_steps(params0, mesh_cfg, devices, n=2):
+  cfg = tcfg(mesh=mesh_cfg)
+  mesh = shd.make_mesh(mesh_cfg, devices)
+  opt = make_optimizer(cfg)
+  abstract = abstract_state(CFG, opt)
+  shardings = state_shardings(CFG, abstract, mesh)
+  step = make_train_step(CFG, cfg, opt, mesh, shardings)
+  params = jax.device_put(params0, shardings.params)
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(mesh)),
+                     params=params,
+                     opt_state=jax.jit(opt.init, out_shardings=shardings.opt_state)(params))
+  losses = []
+  with jax.set_mesh(mesh):
+    for i in range(n):
+      state, m = step(state, synthetic_batch(i), jax.random.PRNGKey(cfg.seed))
+      losses.append(float(m["loss"]))
+  return state, losses
+
+
+def test_sharded_step_matches_single_device(params0, one_device):
+  assert jax.device_count() >= 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  state8, losses8 = _run_steps(params0, MESH_8, jax.devices()[:8])
+  q = state8.params["params"]["layers"]["attn"]["q_proj"]["kernel"]
+  assert q.sharding.spec == P(None, "fsdp", "tensor", None)
+  assert q.addressable_shards[0].data.shape == (2, 16, 2, 8)  # really split 2 x 2
+  mu = state8.opt_state[1][0].mu["params"]["layers"]["attn"]["q_proj"]["kernel"]
+  assert mu.sharding.spec == P(None, "fsdp", "tensor", None)  # Adam state sharded alike
+  state1, losses1 = _run_steps(params0, MESH_1, one_device)
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  assert losses1[0] > 0
+  p8, p1, p0 = (jax.device_get(s) for s in (state8.params, state1.params, params0))
+  for a, b, c in zip(jax.tree.leaves(p8), jax.tree.leaves(p1), jax.tree.leaves(p0)):
+    moved = np.max(np.abs(b - c))
+    assert moved > 0
+    np.testing.assert_allclose(a, b, atol=5e-3 * moved + 1e-9)  # observed <= 1e-3
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+class Preempted(Exception):
+  pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(params0, tmp_path):
+  cfg = tcfg(mesh=MESH_8)
+  full, s_full = train(CFG, params0, batches_from, cfg, tmp_path / "a")
+  assert s_full["steps_run"] == 4 and s_full["start_step"] == 0
+  lrs = [h["learning_rate"] for h in s_full["history"]]
+  np.testing.assert_allclose(lrs, [1e-5, 1e-5 - 1e-6 / 3, 1e-5 - 2e-6 / 3, 9e-6], rtol=1e-6)
+  assert s_full["final_loss"] == pytest.approx(s_full["history"][-1]["loss"])
+  assert s_full["tokens"] == 4 * (8 * SEQ - 4) and s_full["tokens_per_second"] > 0
+  assert Checkpointer(tmp_path / "a", keep=2).all_steps() == [2, 4]
+
+  calls = []
+
+  def preempted(start):
+    calls.append(start)
+    for i, b in enumerate(batches_from(start)):
+      if len(calls) == 1 and start + i == 2:  # the first run dies fetching batch 2
+        raise Preempted("preempted")
+      yield b
+
+  with pytest.raises(Preempted):
+    train(CFG, params0, preempted, cfg, tmp_path / "b")
+  assert Checkpointer(tmp_path / "b", keep=2).latest_step() == 2
+  # a save interrupted mid-write (orbax temp dir) is never taken for a checkpoint
+  os.makedirs(tmp_path / "b" / "4.orbax-checkpoint-tmp-1234" / "state")
+  resumed, s_res = train(CFG, params0, preempted, cfg, tmp_path / "b")
+  assert calls == [0, 2] and s_res["start_step"] == 2 and s_res["steps_run"] == 2
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert s_res["final_loss"] == pytest.approx(s_full["final_loss"], rel=1e-6)
+  # rerunning a finished run is a no-op that returns the final params
+  again, s_again = train(CFG, params0, batches_from, cfg, tmp_path / "b")
+  assert s_again["steps_run"] == 0
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="written with"):
+    train(CFG, params0, batches_from, cfg.replace(learning_rate=2e-5), tmp_path / "b")
+
+
+def test_memorizes_a_tiny_task(params0, tmp_path, one_device):
+  """End to end: JSONL -> seqio task -> packed batches -> train; the loss falls."""
+  from humpback_jax.data import tasks
+  from test_tasks import RECORDS, ByteTok, write_jsonl
+
+  tok = ByteTok()
+  path = write_jsonl(tmp_path / "seed.jsonl", RECORDS[:4])
+  task = tasks.register_humpback_tasks(tok, path, prefix="mem_")["seed_forward"]
+  cfg = tcfg(num_steps=30, sequence_length=128, learning_rate=1e-2, end_learning_rate=3e-3,
+             dropout_rate=0.0, checkpoint_every=100, log_every=5)
+  iters = []
+
+  def batches_fn(start):
+    iters.append(tasks.make_train_iterator(task, tok, sequence_length=128, batch_size=4,
+                                           seed=0, start_step=start))
+    return iters[-1]
+
+  params, summary = train(CFG, params0, batches_fn, cfg, None, devices=one_device)
+  losses = [h["loss"] for h in summary["history"]]
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert summary["data"]["examples_per_epoch"] == 4 and summary["data"]["batches"] == 30
+  # returned params are host arrays usable by Llama.apply
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
+  b = next(tasks.make_train_iterator(task, tok, sequence_length=128, batch_size=4, seed=0))
+  logits, _ = Llama(CFG).apply(params, b["decoder_input_tokens"], b["decoder_positions"],
+                               b["decoder_segment_ids"])
+  loss, _ = weighted_cross_entropy(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+  assert float(loss) < losses[0]
+
+
+def test_rejects_bad_inputs(params0, one_device):
+  bad = jax.tree.map(lambda x: x[..., :1] if x.ndim > 1 else x, params0)
+  with pytest.raises(ValueError, match="shape"):
+    train(CFG, bad, batches_from, tcfg(), None, devices=one_device)
+  with pytest.raises(ValueError, match="sequence length"):
+    train(CFG, params0, batches_from, tcfg(sequence_length=64), None, devices=one_device)
+  with pytest.raises(ValueError, match="data\\*fsdp"):
+    train(CFG, params0, lambda s: (synthetic_batch(i, rows=3) for i in range(s, 99)),
+          tcfg(mesh=MESH_8), None)
+  with pytest.raises(RuntimeError, match="ended after"):
+    train(CFG, params0, lambda s: iter([synthetic_batch(0)]), tcfg(), None, devices=one_device)
