@@ -256,8 +256,8 @@ MAX_PROMPT = 32
 
 
 def _truncated_ids(tok, text: str) -> list[int]:
-  ids = tok.encode(text)
-  return [tok.bos_id] + ids[len(ids) - MAX_PROMPT + 1:] if len(ids) > MAX_PROMPT else ids
+  ids = tok.encode(text)  # too long: keep the first 16 and the last 16 tokens
+  return ids[:MAX_PROMPT // 2] + ids[-(MAX_PROMPT // 2):] if len(ids) > MAX_PROMPT else ids
 
 
 def _alone(ids: list[int]):
@@ -266,7 +266,7 @@ def _alone(ids: list[int]):
 
 
 def _reference_texts(params, tok):
-  """Each prompt alone, manually left-truncated, through greedy `generate`, in order."""
+  """Each prompt alone, manually middle-truncated, through greedy `generate`, in order."""
   texts, finished = [], []
   for text in PROMPTS:
     t, l = _alone(_truncated_ids(tok, text))

@@ -248,6 +248,29 @@ def test_length_policies_are_counted(tok, tmp_path):
                               length_policy="left")
 
 
+def test_fit_policy_cuts_the_prompt_middle_and_keeps_the_target(tok, tmp_path):
+  # Backward model: the prompt embeds a long response; the target (instruction) is short.
+  recs = [{"instruction": "What is X?", "response": "A" * 150 + "B" * 150}]
+  path = write_jsonl(tmp_path / "back.jsonl", recs)
+  seq_len = 96
+  it = tasks.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
+                                 num_epochs=1, rows_per_batch=1, kind="backward")
+  (b,) = all_batches(it)
+  assert it.stats["truncated_per_epoch"] == 1 and it.stats["dropped_per_epoch"] == 0
+  prompt = tok.encode(templates.backward_prompt(tok, recs[0]["response"]), add_bos=False)
+  target = tok.encode("What is X?", add_bos=False) + [tok.eos_id]
+  n_bos = int(tok.add_bos)
+  budget = seq_len - n_bos - len(target) + 1
+  expected_prompt = prompt[:budget // 2] + prompt[len(prompt) - (budget - budget // 2):]
+  full = ([tok.bos_id] if tok.add_bos else []) + expected_prompt + target
+  assert len(full) == seq_len + 1
+  assert b["decoder_input_tokens"][0].tolist() == full[:-1]
+  assert b["decoder_target_tokens"][0].tolist() == full[1:]
+  w = b["decoder_loss_weights"][0]
+  assert w.sum() == len(target) and w[-len(target):].all()  # the whole instruction + EOS
+  assert templates.fit_prompt(prompt, budget) == expected_prompt
+
+
 def test_iterator_is_deterministic_and_resumable(tok, seed_path, aug_path):
   task = tasks.register_humpback_tasks(tok, seed_path, aug_path, prefix="d_")[
       "seed_augmented_forward"]

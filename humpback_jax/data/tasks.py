@@ -33,11 +33,17 @@ before packing and back after.
 
 Length policy (the papers report no maximum length; LIMA §3, whose setup [HB] follows, trims
 texts longer than 2048 tokens). An example needs ``len(full) - 1`` model positions.
-  * ``"truncate"`` (default): keep the first ``sequence_length + 1`` tokens of ``full``: the
+  * ``"fit"`` (default): the target keeps up to half the row; a prompt too long for the rest
+    loses its middle (``templates.fit_prompt``: the chat header, the task instruction and the
+    closing cue survive, the end of the embedded document goes), exactly the cut the sampler
+    makes at inference. A target longer than half the row is then cut at the end (no EOS).
+    Needed for the backward model, whose prompt is the long response and whose target (the
+    instruction) comes last.
+  * ``"truncate"``: keep the first ``sequence_length + 1`` tokens of ``full``: the
     response is cut at the end and has no EOS (the model is never taught to stop mid-answer);
     an example whose prompt alone leaves no target position is dropped.
   * ``"drop"``: drop every example that does not fit.
-Both are counted exactly before training (``TrainIterator.stats``) and logged: never silent.
+All are counted exactly before training (``TrainIterator.stats``) and logged: never silent.
 
 Batching ("batch 32", [HB] Table 18, counts examples). With ``pack=False`` a batch is exactly
 ``batch_size`` rows = ``batch_size`` examples. With ``pack=True`` (default) a batch is
@@ -76,7 +82,7 @@ except (RuntimeError, ValueError):  # pragma: no cover
   pass
 
 SPLIT = "train"
-LENGTH_POLICIES = ("truncate", "drop")
+LENGTH_POLICIES = ("fit", "truncate", "drop")
 MODEL_FEATURE_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                       "decoder_segment_ids", "decoder_positions")
 
@@ -340,6 +346,8 @@ def length_status(prompt_len: int, target_len: int, sequence_length: int, add_bo
     return "dropped"  # nothing to condition the first target on
   if prefix + target_len <= sequence_length:
     return "ok"
+  if policy == "fit" and sequence_length - sequence_length // 2 > int(add_bos):
+    return "truncated"
   if policy == "truncate" and prefix <= sequence_length:
     return "truncated"
   return "dropped"
@@ -357,7 +365,7 @@ class CausalLMFeatureConverter(seqio.FeatureConverter):
   Args:
     bos_id: prepended to every example, or None for none.
     eos_id: appended to every example's targets (weighted).
-    length_policy: "truncate" or "drop".
+    length_policy: "fit", "truncate" or "drop".
     pack: pack several examples per row (seqio ``trim_and_pack_dataset``).
   """
 
@@ -367,7 +375,7 @@ class CausalLMFeatureConverter(seqio.FeatureConverter):
                     for k in MODEL_FEATURE_KEYS}
   PACKING_FEATURE_DTYPES = {}  # segment ids / positions are MODEL_FEATURES (always emitted)
 
-  def __init__(self, *, bos_id: int | None, eos_id: int, length_policy: str = "truncate",
+  def __init__(self, *, bos_id: int | None, eos_id: int, length_policy: str = "fit",
                pack: bool = True, apply_length_check: bool = False):
     if length_policy not in LENGTH_POLICIES:
       raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}")
@@ -399,10 +407,22 @@ class CausalLMFeatureConverter(seqio.FeatureConverter):
       fits = prefix + tf.size(ex["targets"]) <= length
       if policy == "truncate":
         fits = prefix <= length
+      if policy == "fit":
+        fits = tf.constant(length - length // 2 > n_bos)
       return tf.logical_and(prefix >= 1, fits)
+
+    def fit(inp, tgt):
+      # Target room: all of it up to half the row; the prompt loses its middle to make room
+      # (templates.fit_prompt, the same cut the sampler makes at inference).
+      budget = length - n_bos - tf.minimum(tf.size(tgt), length // 2)
+      head = budget // 2
+      return tf.cond(tf.size(inp) <= budget, lambda: inp,
+                     lambda: tf.concat([inp[:head], inp[tf.size(inp) - (budget - head):]], 0))
 
     def build(ex):
       inp, tgt = ex["inputs"], ex["targets"]
+      if policy == "fit":
+        inp = fit(inp, tgt)
       full = tf.concat([bos, inp, tgt, eos], 0)[:length + 1]
       weights = tf.concat([tf.zeros([n_bos + tf.size(inp)], tf.int32),
                            tf.ones([tf.size(tgt) + 1], tf.int32)], 0)[:length + 1]
@@ -535,7 +555,7 @@ class TrainIterator:
 def make_train_iterator(task: str | os.PathLike | seqio.Task, tokenizer: Tokenizer, *,
                         sequence_length: int, batch_size: int, seed: int,
                         num_epochs: int | None = None, pack: bool = True,
-                        length_policy: str = "truncate", start_step: int = 0,
+                        length_policy: str = "fit", start_step: int = 0,
                         rows_per_batch: int | None = None, row_multiple: int = 1,
                         kind: str = "forward", default_tags: Sequence[str] = ()
                         ) -> TrainIterator:
@@ -551,7 +571,7 @@ def make_train_iterator(task: str | os.PathLike | seqio.Task, tokenizer: Tokeniz
       ``(seed, e)`` (stateless: identical on every run).
     num_epochs: passes over the data; None repeats forever.
     pack: pack examples into rows (else one example per row and ``batch_size`` rows).
-    length_policy: "truncate" or "drop" (module docstring).
+    length_policy: "fit", "truncate" or "drop" (module docstring).
     start_step: skip this many batches (resume after a checkpoint at that step).
     rows_per_batch: override the packed rows per batch.
     row_multiple: rows per batch are rounded up to a multiple of this (the mesh's

@@ -80,3 +80,21 @@ def backward_prompt(tokenizer, response: str) -> str:
 def rating_prompt(tokenizer, instruction: str, output: str) -> str:
   """Self-curation prompt ([HB] Table 19) as one user turn."""
   return chat_prompt(tokenizer, RATING_PROMPT.format(instruction=instruction, output=output))
+
+
+def fit_prompt(ids: Sequence[int], max_len: int) -> list[int]:
+  """Shortens a tokenized prompt to ``max_len`` tokens by cutting its MIDDLE.
+
+  Both the head (chat header, task instruction, BOS) and the tail (closing instruction and the
+  generation cue) survive; what goes is the end of the long embedded document (the web segment
+  or response). Training (``data/tasks.py``, policy "fit") and inference (``sample/sampler.py``)
+  both use it, so a model is never trained and prompted with differently cut prompts.
+
+  Returns:
+    ``ids`` unchanged if it fits, else ``ids[:max_len // 2] + ids[-(max_len - max_len // 2):]``.
+  """
+  ids = list(ids)
+  if len(ids) <= max_len:
+    return ids
+  head = max_len // 2
+  return ids[:head] + ids[len(ids) - (max_len - head):]

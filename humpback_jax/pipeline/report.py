@@ -61,11 +61,15 @@ def write_report(ctx, manifest) -> str:
   lines += ["", "## Data", ""]
   web = stages.get("prepare_web", {}).get("stats")
   if web:
-    lines.append("Web segmentation ([HB] §2.1, App. E):")
-    lines.append("")
-    for k, v in web.items():
-      lines.append(f"- {k}: {v}")
-    lines.append("")
+    lines += ["Web segmentation ([HB] §2.1, App. E):", "",
+              f"- documents read: {web.get('documents_read')} (failed: "
+              f"{web.get('documents_failed_total')}, no content: "
+              f"{web.get('documents_no_content')}, no headers: "
+              f"{web.get('documents_no_headers')})",
+              f"- segments before filters: {web.get('segments_before_filters')}",
+              f"- dropped per filter: {web.get('dropped')}",
+              f"- kept: {web.get('kept')} segments, {web.get('chars_mean', 0):.0f} ± "
+              f"{web.get('chars_std', 0):.0f} chars (paper: 1,722 ± 653)", ""]
   seed_drop = stages.get("prepare_seed", {}).get("dropped")
   if seed_drop:
     lines.append(f"Seed drops per source and reason: `{seed_drop}`")

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from humpback_jax.data import templates
 from humpback_jax.models.config import LlamaConfig
 from humpback_jax.models.llama import KVCache, Llama, init_cache
 from humpback_jax.sample.sampling import Greedy, Sampling, Strategy
@@ -330,7 +331,7 @@ class Sampler:
     Args:
       config: model configuration.
       tokenizer: see ``Tokenizer``.
-      max_prompt_len: longest prompt kept (tokens); longer ones are left-truncated.
+      max_prompt_len: longest prompt kept (tokens); longer ones lose their middle.
       batch_size: rows per device call (fixed; the last batch is filled).
       bucket: prompt widths are rounded up to a multiple of this (tokens).
       mesh: if given, batches are sharded along ``data_axis`` (params are placed by the
@@ -358,20 +359,17 @@ class Sampler:
                                   "generated_tokens": 0, "unfinished": 0}
 
   def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-    """Tokenizes and, as a last resort, left-truncates; counts truncations in ``stats``."""
-    bos = self.tokenizer.bos_id
+    """Tokenizes and, as a last resort, cuts the middle of a too-long prompt
+    (``templates.fit_prompt``, as in training); counts truncations in ``stats``."""
     out, truncated = [], 0
     for text in prompts:
       ids = list(self.tokenizer.encode(text))
       if len(ids) > self.max_prompt_len:
         truncated += 1
-        if bos is not None and ids[0] == bos and self.max_prompt_len > 1:
-          ids = [bos] + ids[len(ids) - self.max_prompt_len + 1:]
-        else:
-          ids = ids[len(ids) - self.max_prompt_len:]
+        ids = templates.fit_prompt(ids, self.max_prompt_len)
       out.append(ids)
     if truncated:
-      _log.warning("Sampler: left-truncated %d of %d prompts to %d tokens", truncated,
+      _log.warning("Sampler: middle-truncated %d of %d prompts to %d tokens", truncated,
                    len(prompts), self.max_prompt_len)
     self.stats["prompts"] += len(prompts)
     self.stats["truncated_prompts"] += truncated
