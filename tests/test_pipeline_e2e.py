@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason="../shared/data not present")
 
 STAGES = ["prepare_seed", "prepare_web", "train_backward", "augment", "train_M0", "curate_M0",
-          "train_M1", "curate_M1", "train_M2", "export_hf"]
+          "train_M1", "curate_M1", "train_M2", "answer_final", "export_hf"]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,17 @@ def test_every_stage_done_with_counts(run_dir):
   assert sum(r["tags"] == ["Answer in the style of an AI Assistant."] for r in train_m1) == 48
   assert sum(r["tags"] == ["Answer with knowledge from web search."]
              for r in train_m1) == stages["curate_M0"]["count"]
+
+
+def test_final_answers_in_alpaca_eval_schema(run_dir):
+  outs = json.loads((run_dir / "data/final_outputs.json").read_text())
+  ref = json.loads((paths.default_data_root() / "eval" /
+                    "alpaca_eval_805_ref_text_davinci_003.json").read_text())
+  assert len(outs) == _manifest(run_dir)["stages"]["answer_final"]["count"] == 4
+  for o, r in zip(outs, ref):
+    assert set(o) == {"instruction", "output", "generator", "dataset"}
+    assert o["instruction"] == r["instruction"] and o["dataset"] == r["dataset"]
+    assert o["generator"].startswith("humpback-jax-M2")
 
 
 def test_report(run_dir):

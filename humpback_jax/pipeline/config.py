@@ -80,6 +80,12 @@ class PipelineConfig:
     iterations: curation iterations (2 -> M0 scores A^(1), M1 scores A^(2), M2 = Humpback).
     seed_value: base random seed of the run (sampling, dropout, data order).
     export_hf: write the final model as an HF directory (``models/M2_hf``).
+    final_samples: how many AlpacaEval instructions the final model answers (with both tags,
+      S_a then S_w, T = 0.7, p = 0.9: [HB] §2.3 and §3.1) into ``data/final_outputs.json``
+      (AlpacaEval ``model_outputs.json`` schema); 0 skips the stage. A preview, not an
+      evaluation: judging is a later stage.
+    final_max_new_tokens: answer budget of those samples (tokens).
+    eval_file: AlpacaEval instructions, relative to the data root.
   """
 
   data_root: str | None = None
@@ -93,6 +99,9 @@ class PipelineConfig:
   iterations: int = 2
   seed_value: int = 0
   export_hf: bool = True
+  final_samples: int = 8
+  final_max_new_tokens: int = 256
+  eval_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
 
 
 for _cls in (BaseModelConfig, GenerationConfig, PipelineConfig, CurationConfig, SeedConfig,

@@ -115,6 +115,14 @@ def write_report(ctx, manifest) -> str:
       lines += [f"**[{c['id']}] score {c.get('score')}**", "",
                 f"- instruction: {_clip(c['instruction'], 200)}",
                 f"- response: {_clip(c['response'])}", ""]
+  final = run / "data/final_outputs.json"
+  if final.exists():
+    import json
+    outs = json.loads(final.read_text())
+    lines += ["", f"## The final model's answers (first {len(outs)} AlpacaEval instructions, "
+              "tags S_a + S_w, T = 0.7, p = 0.9)", ""]
+    for o in outs[:5]:
+      lines += [f"- **{_clip(o['instruction'], 150)}**", f"  {_clip(o['output'], 400)}"]
   text = "\n".join(lines) + "\n"
   ctx.path("report.md").write_text(text)
   return text

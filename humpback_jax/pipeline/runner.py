@@ -64,7 +64,7 @@ def run_pipeline(run_dir, config: PipelineConfig, *, only: str | None = None,
     manifest.set("config", to_dict(config))
     if operative_gin:
       ctx.path("config.gin").write_text(operative_gin)
-  stages = pipeline_stages(config.iterations, config.export_hf)
+  stages = pipeline_stages(config.iterations, config.export_hf, config.final_samples)
   if only is not None:
     names = [s.name for s in stages]
     if only not in names:

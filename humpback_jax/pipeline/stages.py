@@ -190,6 +190,39 @@ def curate_with(t: int) -> Callable[[RunContext], dict]:
   return run
 
 
+def answer_final(ctx: RunContext) -> dict:
+  """The final model answers the first N AlpacaEval instructions, tagged S_a then S_w ([HB]
+  §2.3: the best inference setting), decoded with T = 0.7, p = 0.9 ([HB] §3.1). Output in
+  AlpacaEval's ``model_outputs.json`` schema ``{instruction, output, generator, dataset}``."""
+  import json
+
+  from humpback_jax import paths
+  from humpback_jax.sample.sampling import Sampling
+  cfg = ctx.config
+  eval_path = paths.resolve(cfg.eval_file, ctx.data_root)
+  try:
+    items = json.loads(eval_path.read_text())[:cfg.final_samples]
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"{eval_path}: cannot read AlpacaEval instructions ({e})") from e
+  name = f"M{cfg.iterations}"
+  model_cfg, params = _load_trained(ctx, name)
+  sampler = _sampler(ctx, model_cfg, cfg.augment.max_prompt_len, cfg.augment.batch_size)
+  prompts = [templates.forward_prompt(ctx.tokenizer, it["instruction"], templates.INFERENCE_TAGS)
+             for it in items]
+  texts, finished = sampler.generate_texts(
+      params, prompts, max_new_tokens=cfg.final_max_new_tokens,
+      strategy=Sampling(temperature=0.7, top_p=0.9), seed=cfg.seed_value,
+      return_finished=True)
+  generator = f"humpback-jax-{name}-{cfg.base.checkpoint.replace('/', '_')}"
+  outputs = [{"instruction": it["instruction"], "output": t.strip(), "generator": generator,
+              "dataset": it.get("dataset", "")} for it, t in zip(items, texts)]
+  out = ctx.path("data/final_outputs.json")
+  tmp = out.with_name(out.name + ".tmp")
+  tmp.write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
+  os.replace(tmp, out)
+  return {"count": len(outputs), "unfinished": int(sum(not f for f in finished))}
+
+
 def export_final(ctx: RunContext) -> dict:
   """Writes the last M_t as an HF directory that ``transformers.LlamaForCausalLM`` loads."""
   from humpback_jax.models.convert import save_hf
@@ -211,7 +244,8 @@ def _progress(ctx, it, desc):
   return tqdm(it, desc=desc)
 
 
-def pipeline_stages(iterations: int = 2, export_hf: bool = True) -> list[Stage]:
+def pipeline_stages(iterations: int = 2, export_hf: bool = True,
+                    final_samples: int = 0) -> list[Stage]:
   """The stage list of [HB] §2 for ``iterations`` rounds of curation."""
   stages = [
       Stage("prepare_seed", (), ("data/seed.jsonl",), prepare_seed),
@@ -227,6 +261,9 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True) -> list[Stage]:
                         curate_with(t)))
     stages.append(Stage(f"train_M{t + 1}", ("data/seed.jsonl", f"data/curated_A{t + 1}.jsonl"),
                         (f"models/M{t + 1}/params",), train_forward(t + 1)))
+  if final_samples:
+    stages.append(Stage("answer_final", (f"models/M{iterations}/params",),
+                        ("data/final_outputs.json",), answer_final))
   if export_hf:
     stages.append(Stage("export_hf", (f"models/M{iterations}/params",),
                         (f"models/M{iterations}_hf",), export_final))
