@@ -23,13 +23,13 @@ from humpback_jax.data import templates
 
 SCORES = (1, 2, 3, 4, 5)
 
-# "Score: 4", "**Score:** 4", "Score = 4/5", "score of 4", "Rating: 4", "4/5".
+# "Score: 4", "**Score:** 4", "Score = 4/5", "score of 4", "Rating: 4", "4/5"; the optional
+# group 2 is the denominator of "N/D" or "N out of D" (only 5 is a 5-point score).
+_NUMBER = r"(\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+))?"
 _SCORE_PATTERNS = (
-    re.compile(r"score\s*[:=]?\s*(?:is|of)?\s*[*_\s]*\(?\s*(\d+(?:\.\d+)?)\s*(?:/\s*5|out of 5)?",
-               re.IGNORECASE),
-    re.compile(r"rating\s*[:=]?\s*(?:is|of)?\s*[*_\s]*\(?\s*(\d+(?:\.\d+)?)\s*(?:/\s*5|out of 5)?",
-               re.IGNORECASE),
-    re.compile(r"\b(\d(?:\.\d+)?)\s*(?:/\s*5|out of 5)\b", re.IGNORECASE),
+    re.compile(r"score\s*[:=]?\s*(?:is|of)?\s*[*_\s]*\(?\s*" + _NUMBER, re.IGNORECASE),
+    re.compile(r"rating\s*[:=]?\s*(?:is|of)?\s*[*_\s]*\(?\s*" + _NUMBER, re.IGNORECASE),
+    re.compile(r"\b(\d(?:\.\d+)?)\s*(?:/|out of)\s*(5)\b", re.IGNORECASE),
 )
 
 
@@ -39,7 +39,8 @@ def parse_score(text: str) -> int | None:
   The LAST ``Score: N`` wins (the prompt asks for it on the last line; reasoning may quote the
   scale). Accepts markdown emphasis, ``N/5``, ``N out of 5``, ``Rating: N``, and a bare digit
   1-5 alone on the last non-empty line. Decimals round half up (4.5 -> 5, as [HB]'s "≥ 4.5").
-  Values outside 1..5 (an earlier reimplementation read "8", "91") are invalid.
+  Values outside 1..5 (an earlier reimplementation read "8", "91") and scores on another scale
+  ("5 out of 10", "7/10") are invalid.
 
   Returns:
     1..5, or None when no valid score is found.
@@ -47,7 +48,10 @@ def parse_score(text: str) -> int | None:
   for pattern in _SCORE_PATTERNS:
     matches = pattern.findall(text)
     if matches:
-      value = float(matches[-1])
+      number, denominator = matches[-1]
+      if denominator and denominator != "5":
+        return None
+      value = float(number)
       score = int(np.floor(value + 0.5))
       return score if 1 <= score <= 5 and value <= 5 else None
   lines = [l.strip(" *_#.`") for l in text.strip().splitlines() if l.strip()]

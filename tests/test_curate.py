@@ -20,6 +20,9 @@ from humpback_jax.data import templates
     ("Score: 4.5", 5),  # [HB]: A_5 is "score >= 4.5"
     ("Earlier I said Score: 2 but on reflection\nScore: 4", 4),  # the last one wins
     ("blah\n5", 5),
+    ("a score of 5 out of 10", None),  # another scale
+    ("Score: 7/10", None),
+    ("Score: 3/5", 3),
     ("Score: 8", None),  # out of range (method.md §5: "8", "91")
     ("Score: 91", None),
     ("Score: <rating>", None),
@@ -68,3 +71,16 @@ def test_config_validation():
     curate.CurationConfig(mode="vibes")
   with pytest.raises(ValueError, match="threshold"):
     curate.CurationConfig(threshold=6)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("How do I bake bread?", "How do I bake bread?"),
+    ('  "How do I bake bread?"  ', "How do I bake bread?"),
+    ("The most likely question to which the text below would be a great answer is:\n\n"
+     "What is your favorite weekend family activity?", "What is your favorite weekend family activity?"),
+    ("Question: Is there an oxygen bar in Delhi?\n\nAnswer: Yes.", "Is there an oxygen bar in Delhi?"),
+    ("Answer: only an answer", "Answer: only an answer"),  # no instruction before it: kept as is
+    ("", ""),
+])
+def test_parse_backward_output(text, expected):
+  assert templates.parse_backward_output(text) == expected

@@ -9,6 +9,7 @@ checkpoint has one (SmolLM2's ChatML), else ``PLAIN_TEMPLATE``.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol, Sequence
 
 # [HB] §2.3 "Tagging": one sentence appended to the instruction side of each training example.
@@ -80,6 +81,23 @@ def backward_prompt(tokenizer, response: str) -> str:
 def rating_prompt(tokenizer, instruction: str, output: str) -> str:
   """Self-curation prompt ([HB] Table 19) as one user turn."""
   return chat_prompt(tokenizer, RATING_PROMPT.format(instruction=instruction, output=output))
+
+
+_LEAD_IN = re.compile(
+    r"^\s*(?:(?:the\s+)?most likely question[^\n]*:|question\s*:)\s*",
+    re.IGNORECASE)
+
+
+def parse_backward_output(text: str) -> str:
+  """The instruction x̂ in a backward model's output.
+
+  Removes what a chat model wraps around it when it echoes the [BF] prompt ("The most likely
+  question to which ... is:", a "Question:" label, an "Answer: ..." it appends, surrounding
+  quotes). An empty result means no instruction (the caller counts and drops it).
+  """
+  text = _LEAD_IN.sub("", text.strip())
+  text = re.split(r"\n\s*(?:\*\*)?answer\s*:", text, maxsplit=1, flags=re.IGNORECASE)[0]
+  return text.strip().strip('"\u201c\u201d').strip()
 
 
 def fit_prompt(ids: Sequence[int], max_len: int) -> list[int]:

@@ -120,10 +120,6 @@ def _sampler(ctx: RunContext, model_cfg, max_prompt_len: int, batch_size: int):
   return Sampler(model_cfg, ctx.tokenizer, max_prompt_len=max_prompt_len, batch_size=batch_size)
 
 
-def _clean_instruction(text: str) -> str:
-  return text.strip().strip('"').strip()
-
-
 def augment(ctx: RunContext) -> dict:
   """Self-augmentation ([HB] §2.1): M_yx writes one instruction x̂ per segment y.
 
@@ -147,7 +143,7 @@ def augment(ctx: RunContext) -> dict:
       prompts = [templates.backward_prompt(ctx.tokenizer, s["text"]) for s in chunk]
       texts = sampler.generate_texts(params, prompts, max_new_tokens=cfg.max_new_tokens,
                                      strategy=strategy, seed=ctx.config.seed_value + ci)
-      out.append({"id": s["id"], "instruction": _clean_instruction(x), "response": s["text"],
+      out.append({"id": s["id"], "instruction": templates.parse_backward_output(x), "response": s["text"],
                   "header": s.get("header"), "source": s.get("source")}
                  for s, x in zip(chunk, texts))
     records = list(out.records)
