@@ -37,6 +37,7 @@ import hashlib
 import itertools
 import logging
 import math
+import multiprocessing
 import os
 import pathlib
 import re
@@ -963,7 +964,9 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(desc="web documents", unit="doc", total=config.max_documents)
   opts = (config.include_tables, config.favor_precision, config.title_as_h1)
-  pool = (concurrent.futures.ProcessPoolExecutor(config.num_workers)
+  # "spawn": forking a process that has started JAX's (or TF's) threads can deadlock.
+  pool = (concurrent.futures.ProcessPoolExecutor(
+      config.num_workers, mp_context=multiprocessing.get_context("spawn"))
           if config.num_workers > 1 else None)
   batch_size = 16 * config.num_workers
   try:
