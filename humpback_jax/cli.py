@@ -3,6 +3,8 @@
   humpback-jax run   --gin_file=configs/demo.gin [--gin_param=...] --run_dir=DIR
   humpback-jax stage NAME --gin_file=configs/demo.gin [--gin_param=...] --run_dir=DIR
   humpback-jax stages [--gin_file=...]            # list stage names
+  humpback-jax score --model=SPEC --input=pairs.jsonl --output=scores.jsonl \
+      [--mode=logprob|generate|generate+logprob] [--sanity_check]   # rate any dataset
 
 A rerun with the same ``--run_dir`` skips finished stages and resumes an interrupted one.
 """
@@ -35,7 +37,69 @@ def _parser() -> argparse.ArgumentParser:
   stage.add_argument("--force", action="store_true", help="rerun even if done")
   lst = sub.add_parser("stages", help="list the stage names")
   common(lst)
+  score = sub.add_parser(
+      "score", help="rate any JSONL of {instruction, response} pairs with a model ([HB] "
+      "Table 19 prompt); one line per pair with score, p_scores, digit_mass, expected_score")
+  common(score)
+  score.add_argument("--model", required=True,
+                     help="smollm2, a GGUF file, an HF directory, a llama2.c .bin (with "
+                     "--tokenizer), hf://org/name, or a run's RUN_DIR/models/<name>")
+  score.add_argument("--tokenizer", default=None, help="tokenizer spec (default: the model's)")
+  score.add_argument("--input", required=True, help="JSONL of {instruction, response[, id]}")
+  score.add_argument("--output", required=True, help="JSONL written (resumable: a partial "
+                     "file OUTPUT.partial is kept until done)")
+  score.add_argument("--mode", choices=("logprob", "generate", "generate+logprob"),
+                     default=None, help="which read-out is the score (default: the gin "
+                     "CurationConfig.mode, generate+logprob)")
+  score.add_argument("--sanity_check", action="store_true",
+                     help="also rate the pairs with shuffled responses and report the AUC "
+                     "(does the judge tell real pairs from mismatched ones?)")
+  score.add_argument("--sanity_pairs", type=int, default=32,
+                     help="pairs used by --sanity_check (the first N of the input)")
+  score.add_argument("--seed", type=int, default=0, help="sampling seed")
+  score.add_argument("--dtype", default=None, help="compute dtype (float32, bfloat16)")
   return p
+
+
+def _score(args, progress: bool) -> int:
+  """``humpback-jax score``: rates a user's pairs; prints one JSON summary line."""
+  import dataclasses
+  import json
+  import os
+
+  from humpback_jax import curate, jsonl
+  from humpback_jax.curate import rate, sanity
+  from humpback_jax.pipeline.config import build_section
+  from humpback_jax.pipeline.context import load_model
+  from humpback_jax.sample.sampler import Sampler, check_context_length
+
+  cfg = build_section(curate.CurationConfig, args.gin_file, args.gin_param)
+  if args.mode:
+    cfg = dataclasses.replace(cfg, mode=args.mode)
+  pairs = rate.read_pairs(args.input)
+  model_cfg, params, tokenizer = load_model(args.model, tokenizer=args.tokenizer,
+                                            dtype=args.dtype)
+  budget = cfg.max_new_tokens if cfg.mode != "logprob" else 0
+  max_prompt = min(cfg.max_prompt_len, model_cfg.max_seq_len - budget)
+  check_context_length(model_cfg, max_prompt, budget, "CurationConfig")
+  sampler = Sampler(model_cfg, tokenizer, max_prompt_len=max_prompt, batch_size=cfg.batch_size,
+                    prompt_overflow=cfg.prompt_overflow, owner="CurationConfig")
+  records = rate.rate_pairs(pairs, sampler=sampler, params=params, tokenizer=tokenizer,
+                            cfg=cfg, seed=args.seed, partial_path=args.output + ".partial",
+                            progress=progress, desc="score (chunks)")
+  jsonl.write_jsonl(records, args.output)
+  os.remove(args.output + ".partial")
+  summary = {"model": args.model, "input": args.input, "output": args.output, "mode": cfg.mode,
+             "max_prompt_len": max_prompt,
+             **curate.curation_stats(records),
+             "truncated_prompts": sampler.stats["truncated_prompts"]}
+  if args.sanity_check:
+    summary["judge_sanity"] = sanity.judge_sanity_check(
+        sampler, params, tokenizer, pairs, n=args.sanity_pairs, seed=args.seed)
+    if summary["judge_sanity"]["warning"]:
+      logging.warning("%s", summary["judge_sanity"]["warning"])
+  print(json.dumps(summary))
+  return 0
 
 
 def _enable_compilation_cache(run_dir: str) -> None:
@@ -59,6 +123,8 @@ def main(argv=None) -> int:
   from humpback_jax.pipeline.runner import run_pipeline
   from humpback_jax.pipeline.stages import pipeline_stages
 
+  if args.command == "score":
+    return _score(args, progress=not args.no_progress)
   config = build_config(args.gin_file, args.gin_param)
   if args.command == "stages":
     for s in pipeline_stages(config.iterations, config.export_hf, config.final_samples):

@@ -333,3 +333,67 @@ def test_generate_argument_errors(params):
   with pytest.raises(ValueError):
     _greedy(params, tokens[0], lengths)
   assert sampler_lib.SampleOutput is not None
+
+
+def test_context_length_is_refused(params):
+  tok = ByteTokenizer()
+  # CFG.max_seq_len = 256: a 250-token prompt budget leaves room for 6 new tokens, not 12.
+  s = Sampler(CFG, tok, max_prompt_len=250, batch_size=4, bucket=32)
+  with pytest.raises(sampler_lib.ContextLengthError,
+                     match=r"max_prompt_len=250 \+ max_new_tokens=12 = 262 .*max_seq_len=256"):
+    s.generate_texts(params, ["hi"], max_new_tokens=12, strategy=Greedy(), seed=0)
+  assert len(s.generate_texts(params, ["hi"], max_new_tokens=6, strategy=Greedy(), seed=0)) == 1
+  with pytest.raises(sampler_lib.ContextLengthError, match="CurationConfig.max_prompt_len=300"):
+    Sampler(CFG, tok, max_prompt_len=300, batch_size=4, owner="CurationConfig")
+
+
+def test_prompt_overflow_policy(params):
+  tok = ByteTokenizer()
+  strict = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, bucket=32,
+                   prompt_overflow="error", owner="GenerationConfig")
+  with pytest.raises(sampler_lib.PromptTooLongError,
+                     match=r"prompt 2 has 55 tokens > GenerationConfig.max_prompt_len=32"):
+    strict.encode_prompts(PROMPTS)
+  loose = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, bucket=32)
+  ids = loose.encode_prompts(PROMPTS + [tok.encode(PROMPTS[2])])  # ids pass through too
+  assert ids[2] == ids[-1] == _truncated_ids(tok, PROMPTS[2])
+  assert loose.stats["truncated_prompts"] == 2
+  with pytest.raises(ValueError, match="prompt_overflow"):
+    Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, prompt_overflow="drop")
+
+
+def test_next_token_probs_per_row_candidates(params):
+  tok = ByteTokenizer()
+  s = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, bucket=32)
+  rs = np.random.RandomState(0)
+  cands = rs.randint(3, CFG.vocab_size, size=(len(PROMPTS), 5))
+  got = s.next_token_probs(params, PROMPTS, cands)
+  for i, text in enumerate(PROMPTS):
+    lp = np.asarray(next_token_logprobs(params, *_alone(_truncated_ids(tok, text)), config=CFG))
+    np.testing.assert_allclose(got[i], np.exp(lp[0, cands[i]]), rtol=1e-5)
+  assert np.all(got.sum(-1) < 1)  # not renormalised
+
+
+def test_scoring_logits_are_float32_for_a_bfloat16_model(params):
+  cfg16 = CFG.replace(dtype="bfloat16")
+  tokens, lengths = _left_pad(_prompts(3, [5, 9]))
+  lp = np.asarray(next_token_logprobs(params, tokens, lengths, config=cfg16))
+  # Reference: the bf16 trunk's final-norm output (captured; it must be float32 on this path),
+  # projected to the vocabulary by hand in float64.
+  seg, pos = sampler_lib._prompt_layout(tokens, lengths)
+  _, state = Llama(cfg16.replace(logits_dot_in_fp32=True)).apply(
+      params, jnp.where(seg > 0, tokens, 0), pos, seg, last_logits_only=True,
+      capture_intermediates=True, mutable=["intermediates"])
+  normed = state["intermediates"]["final_norm"]["__call__"][0]
+  assert normed.dtype == jnp.float32
+  p = params["params"]
+  w = (np.asarray(p["embed_tokens"]["embedding"], np.float64).T if CFG.tie_word_embeddings
+       else np.asarray(p["lm_head"]["kernel"], np.float64))
+  logits = np.asarray(normed, np.float64)[:, -1] @ w
+  want = logits - logits.max(-1, keepdims=True)
+  want -= np.log(np.exp(want).sum(-1, keepdims=True))
+  np.testing.assert_allclose(lp, want, atol=1e-5)
+  # The bf16 head (today's training/generation path) is visibly coarser.
+  lp16 = np.asarray(jax.jit(lambda q: jax.nn.log_softmax(Llama(cfg16).apply(
+      q, jnp.where(seg > 0, tokens, 0), pos, seg, last_logits_only=True)[0][:, -1]))(params))
+  assert np.abs(lp16 - want).max() > 1e-3

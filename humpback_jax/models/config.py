@@ -33,6 +33,10 @@ class LlamaConfig:
     param_dtype: storage dtype of parameters.
     dropout_rate: residual dropout probability used in training ([HB] Table 18: 0.1).
     remat: rematerialize each block in the backward pass (saves activation memory).
+    logits_dot_in_fp32: compute the final norm and the output projection (``lm_head`` or the
+      tied embedding) in float32 whatever ``dtype`` is (MaxText's flag of the same name). The
+      next-token scoring of self-curation turns it on, so that a bfloat16 model's scores are
+      not read from logits rounded to bfloat16's 8-bit mantissa.
   """
 
   vocab_size: int
@@ -50,6 +54,7 @@ class LlamaConfig:
   param_dtype: str = "float32"
   dropout_rate: float = 0.0
   remat: bool = False
+  logits_dot_in_fp32: bool = False
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:

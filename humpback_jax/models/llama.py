@@ -44,12 +44,17 @@ KVCache = dict  # {"k","v": [L,B,S,KV,Dh]; "segment_ids": int32[B,S]; "index": i
 _NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
+def _acc(dtype) -> Any:
+  """Accumulation dtype: float32, or float64 for a float64 model (exactness tests)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def _dense_init(names):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
 
 
 class RMSNorm(nn.Module):
-  """Root-mean-square layer norm, computed in float32 (HF ``LlamaRMSNorm``)."""
+  """Root-mean-square layer norm, computed in float32 or wider (HF ``LlamaRMSNorm``)."""
 
   eps: float
   dtype: Any
@@ -60,23 +65,25 @@ class RMSNorm(nn.Module):
     scale = self.param(
         "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
         (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
+    acc = _acc(x.dtype)
+    x32 = x.astype(acc)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+    return (y * scale.astype(acc)).astype(self.dtype)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float):
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype=jnp.float32):
   """cos/sin tables for HF half-split RoPE.
 
   Args:
     positions: int32 [B, T] absolute positions (tokens).
     head_dim: Dh (even).
     theta: RoPE base.
+    dtype: float32 (float64 in exactness tests).
   Returns:
-    (cos, sin), each float32 [B, T, 1, Dh], broadcastable over heads.
+    (cos, sin), each ``dtype`` [B, T, 1, Dh], broadcastable over heads.
   """
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=dtype) / head_dim))
+  freqs = positions.astype(dtype)[..., None] * inv_freq  # [B, T, Dh/2]
   emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
   return jnp.cos(emb), jnp.sin(emb)
 
@@ -84,7 +91,7 @@ def rope_tables(positions: jax.Array, head_dim: int, theta: float):
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   """Rotates x [B, T, N, Dh] in the HF layout: x*cos + rotate_half(x)*sin."""
   half = x.shape[-1] // 2
-  x32 = x.astype(jnp.float32)
+  x32 = x.astype(_acc(x.dtype))
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
@@ -115,7 +122,7 @@ class Attention(nn.Module):
     b, t = q.shape[:2]
     q = q.reshape(b, t, kv, h // kv, dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                        preferred_element_type=jnp.float32) * (dh ** -0.5)
+                        preferred_element_type=_acc(q.dtype)) * (dh ** -0.5)
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.compute_dtype))
@@ -137,7 +144,7 @@ class MLP(nn.Module):
     up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
     # SiLU as x / (1 + exp(-x)), the formula of PyTorch's kernel (jax.nn.silu's x * sigmoid(x)
     # rounds differently, enough to move SmolLM2's logits by ~2e-5 over 30 layers).
-    gate32 = gate.astype(jnp.float32)
+    gate32 = gate.astype(_acc(gate.dtype))
     act = (gate32 / (1.0 + jnp.exp(-gate32))).astype(gate.dtype)
     return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(act * up)
 
@@ -204,7 +211,7 @@ class Llama(nn.Module):
         name="embed_tokens")
     x = embed(tokens)
     t = tokens.shape[1]
-    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, _acc(cfg.compute_dtype))
 
     if cache is None:
       slots = jnp.arange(t, dtype=jnp.int32)
@@ -235,14 +242,17 @@ class Llama(nn.Module):
 
     if last_logits_only:
       x = x[:, -1:]
-    x = RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name="final_norm")(x)
+    head_dtype = _acc(cfg.compute_dtype) if cfg.logits_dot_in_fp32 else cfg.compute_dtype
+    x = RMSNorm(cfg.rms_norm_eps, head_dtype, cfg.weight_dtype, name="final_norm")(x)
     if cfg.tie_word_embeddings:
-      logits = embed.attend(x.astype(cfg.compute_dtype))
+      logits = jnp.einsum("btd,vd->btv", x.astype(head_dtype),
+                          embed.embedding.astype(head_dtype),
+                          preferred_element_type=_acc(head_dtype))
     else:
       logits = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+          cfg.vocab_size, use_bias=False, dtype=head_dtype, param_dtype=cfg.weight_dtype,
           kernel_init=_dense_init(("embed", "vocab")), name="lm_head")(x)
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(_acc(cfg.compute_dtype))
 
     new_cache = None
     if cache is not None:

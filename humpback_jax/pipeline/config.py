@@ -49,19 +49,26 @@ class GenerationConfig:
     temperature, top_p: sampling parameters.
     max_new_tokens: instruction budget (tokens). Not reported; instructions are short
       (148 ± 322 chars in the seed, [HB] Table 2).
-    max_prompt_len: prompt budget (tokens); longer prompts are truncated and counted.
+    max_prompt_len: prompt budget (tokens). Prompt + ``max_new_tokens`` must fit the model's
+      context length (``LlamaConfig.max_seq_len``), else the stage refuses to start.
+    prompt_overflow: a prompt longer than ``max_prompt_len``: "truncate" (cut its middle,
+      counted as ``truncated_prompts``) or "error".
     batch_size: rows per sampler call.
     chunk_size: segments per resumable chunk.
     max_segments: cap on segments backtranslated (None = all).
+    drop_unfinished: drop generations that reach ``max_new_tokens`` without an EOS (a cut-off
+      instruction is no instruction); they are counted either way.
   """
 
   temperature: float = 0.7
   top_p: float = 0.9
   max_new_tokens: int = 64
   max_prompt_len: int = 1024
+  prompt_overflow: str = "truncate"
   batch_size: int = 16
   chunk_size: int = 256
   max_segments: int | None = None
+  drop_unfinished: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +145,18 @@ def build_config(gin_files=(), gin_params=()) -> PipelineConfig:
     else:
       kwargs[field] = make()
   return gin.get_configurable(PipelineConfig)(**kwargs)
+
+
+def build_section(cls, gin_files=(), gin_params=(), scope: str | None = None):
+  """Parses gin files and bindings and builds one config class (e.g. ``CurationConfig`` for
+  ``humpback-jax score``), without requiring the rest of a pipeline config."""
+  gin.clear_config()
+  gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+  make = gin.get_configurable(cls)
+  if scope:
+    with gin.config_scope(scope):
+      return make()
+  return make()
 
 
 def to_dict(cfg) -> dict:

@@ -48,6 +48,56 @@ def resolve_model_path(spec: str, data_root) -> str:
   return str(path)
 
 
+def load_model(spec: str, data_root=None, *, tokenizer: str | None = None,
+               dtype: str | None = None, param_dtype: str | None = None):
+  """Loads any model the project reads, by spec: (LlamaConfig, params, tokenizer).
+
+  Args:
+    spec: "smollm2", a GGUF file, an HF safetensors directory, a llama2.c ``.bin`` (relative
+      paths under the data root), ``hf://org/name``, or a run's trained model directory
+      ``RUN_DIR/models/<name>`` (its base model and tokenizer are read from
+      ``RUN_DIR/manifest.json``).
+    data_root: root for relative paths (default ``paths.default_data_root()``).
+    tokenizer: tokenizer spec (same forms); None = the checkpoint's own (GGUF, HF directory,
+      a run's base model). Required for a llama2.c ``.bin``.
+    dtype, param_dtype: override the compute / parameter dtype ("float32", "bfloat16").
+  Returns:
+    (config, params ``{"params": ...}``, tokenizer).
+  Raises:
+    FileNotFoundError: the spec names nothing that exists.
+    ValueError: a run model directory without a readable manifest; a llama2.c checkpoint
+      without ``tokenizer``.
+  """
+  from humpback_jax.models.convert import load_checkpoint
+  from humpback_jax.tokenizers import load_tokenizer
+  data_root = data_root or str(paths.default_data_root())
+  model_dir = pathlib.Path(spec)
+  if (model_dir / "params").is_dir():
+    run_dir = model_dir.resolve().parent.parent
+    try:
+      base = json.loads((run_dir / "manifest.json").read_text())["config"]["base"]
+      run_root = json.loads((run_dir / "manifest.json").read_text())["config"].get("data_root")
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+      raise ValueError(f"{spec}: a trained model directory, but {run_dir / 'manifest.json'} "
+                       f"does not name its base model ({e})") from e
+    root = run_root or data_root
+    cfg, base_params = load_checkpoint(resolve_model_path(base["checkpoint"], root))
+    tok = load_tokenizer(resolve_model_path(
+        tokenizer or base.get("tokenizer") or base["checkpoint"], root))
+    from humpback_jax.pipeline.training import load_trained
+    cfg, params = load_trained(model_dir, cfg, base_params)
+  else:
+    path = resolve_model_path(spec, data_root)
+    if path.endswith(".bin") and not tokenizer:
+      raise ValueError(f"{spec}: a llama2.c checkpoint has no tokenizer inside; pass one "
+                       "(e.g. --tokenizer=weights/tok512.bin)")
+    cfg, params = load_checkpoint(path)
+    tok = load_tokenizer(resolve_model_path(tokenizer, data_root) if tokenizer else path)
+  if dtype or param_dtype:
+    cfg = cfg.replace(dtype=dtype or cfg.dtype, param_dtype=param_dtype or cfg.param_dtype)
+  return cfg, params, tok
+
+
 class RunContext:
   """The run directory, the config, and the base model/tokenizer loaded once per process."""
 

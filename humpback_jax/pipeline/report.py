@@ -78,7 +78,13 @@ def write_report(ctx, manifest) -> str:
   if aug:
     lines.append(f"Self-augmentation: {aug.get('segments')} segments -> {aug.get('count')} "
                  f"candidates ({aug.get('dropped_empty_instruction')} empty instructions "
-                 f"dropped, {aug.get('truncated_prompts')} prompts truncated).")
+                 f"dropped; {aug.get('unfinished')} cut at max_new_tokens without an EOS, "
+                 f"{aug.get('dropped_unfinished')} of them dropped; "
+                 f"{aug.get('truncated_prompts')} prompts middle-truncated).")
+    if aug.get("instruction_like") is not None:
+      lines.append(f"Candidates that read as an instruction (a question or an imperative; "
+                   f"`data/instructions.py`): {aug['instruction_like']} of {aug.get('count')} "
+                   f"({100 * aug.get('instruction_like_share', 0):.0f}%).")
     lines.append("")
 
   lines += ["### Lengths (characters, mean ± std; [HB] Table 2 style)", "",
@@ -93,13 +99,31 @@ def write_report(ctx, manifest) -> str:
     c = stages.get(f"curate_M{t}")
     if not c or c.get("status") != "done":
       continue
-    lines += [f"### Iteration {t + 1}: scored by M{t}", "",
+    lines += [f"### Iteration {t + 1}: scored by M{t} (mode {c.get('mode')})", "",
               f"- candidates scored: {c.get('scored')}",
               f"- parse-validity rate (parsed / generated ratings): "
-              f"{_fmt(c.get('validity_rate'))}",
-              f"- logprob fallbacks: {c.get('logprob_fallbacks')}",
+              f"{_fmt(c.get('validity_rate'))}; ratings cut at max_new_tokens: "
+              f"{c.get('ratings_unfinished')}",
+              f"- mean digit mass at the probe (P of \"Score: 1..5\" before renormalising): "
+              f"{_fmt(c.get('mean_digit_mass'))}",
+              f"- parse/log-prob agreement: {_fmt(c.get('parse_logprob_agreement'))} "
+              f"over {c.get('agreement_pairs')} pairs with both",
+              f"- scored by the log-prob read-out (no parsable score): "
+              f"{c.get('logprob_scored')}; mean expected score "
+              f"{_fmt(c.get('mean_expected_score'))}",
+              f"- rating prompts middle-truncated: {c.get('truncated_prompts')}",
               f"- A_5 (score 5): {c.get('A_5')}; A_4 (score >= 4): {c.get('A_4')}",
-              f"- kept with k = {c.get('threshold')}: {c.get('count')}", ""]
+              f"- kept with k = {c.get('threshold')}: {c.get('count')}"]
+    sanity = c.get("judge_sanity")
+    if sanity:
+      lines.append(
+          f"- judge sanity check ({sanity['n']} seed pairs vs the same instructions with "
+          f"shuffled responses, log-prob expected score): AUC {sanity['auc']:.3f} (95% CI "
+          f"{sanity['ci_low']:.3f}-{sanity['ci_high']:.3f}); mean score {sanity['mean_real']:.2f}"
+          f" real vs {sanity['mean_shuffled']:.2f} shuffled")
+      if sanity.get("warning"):
+        lines.append(f"- **WARNING: {sanity['warning']}.**")
+    lines.append("")
     lines += _histogram(c.get("histogram", {}))
     lines.append("")
 

@@ -38,8 +38,8 @@ from humpback_jax.models.llama import KVCache, Llama, init_cache
 from humpback_jax.sample.sampling import Greedy, Sampling, Strategy
 
 __all__ = [
-    "Greedy", "Sampling", "SampleOutput", "SamplingState", "Sampler", "generate",
-    "next_token_logprobs",
+    "ContextLengthError", "Greedy", "PromptTooLongError", "Sampling", "SampleOutput",
+    "SamplingState", "Sampler", "check_context_length", "generate", "next_token_logprobs",
 ]
 
 Params = Any
@@ -247,9 +247,10 @@ def _next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_length
   prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, prompt_tokens.shape[1])
   segment_ids, positions = _prompt_layout(prompt_tokens, prompt_lengths)
   prompt_tokens = jnp.where(segment_ids > 0, prompt_tokens.astype(jnp.int32), 0)
-  # Left padding: column P-1 is every row's last real token, the only one projected.
-  logits, _ = Llama(config).apply(params, prompt_tokens, positions, segment_ids,
-                                  last_logits_only=True)
+  # Left padding: column P-1 is every row's last real token, the only one projected. Scores
+  # are read from float32 logits (final norm and head in float32) whatever the model dtype.
+  logits, _ = Llama(config.replace(logits_dot_in_fp32=True)).apply(
+      params, prompt_tokens, positions, segment_ids, last_logits_only=True)
   return jax.nn.log_softmax(logits[:, -1], axis=-1)
 
 
@@ -257,7 +258,8 @@ def next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths
                         *, config: LlamaConfig) -> jax.Array:
   """Log-probabilities of the token following each left-padded prompt (one forward pass).
 
-  Only the last column is projected to the vocabulary (no f32[B, P, V] logits).
+  Only the last column is projected to the vocabulary (no f32[B, P, V] logits), and that
+  projection runs in float32 even for a bfloat16 model (``LlamaConfig.logits_dot_in_fp32``).
 
   Args:
     params: ``{"params": ...}`` of ``Llama(config)``.
@@ -302,6 +304,36 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
+class ContextLengthError(ValueError):
+  """A prompt budget plus a generation budget exceeds the model's context length."""
+
+
+class PromptTooLongError(ValueError):
+  """A prompt is longer than the budget and the overflow policy is "error"."""
+
+
+def check_context_length(config: LlamaConfig, max_prompt_len: int, max_new_tokens: int = 0,
+                         owner: str = "Sampler") -> None:
+  """Refuses budgets the model was not trained for (RoPE would silently extrapolate).
+
+  Args:
+    config: the model; ``config.max_seq_len`` is its context length (tokens).
+    max_prompt_len: prompt budget (tokens).
+    max_new_tokens: generation budget (tokens); 0 for next-token scoring.
+    owner: the config class whose fields these are, named in the error (e.g.
+      "CurationConfig").
+  Raises:
+    ContextLengthError: ``max_prompt_len + max_new_tokens > config.max_seq_len``; the message
+      names the three values.
+  """
+  if max_prompt_len + max_new_tokens > config.max_seq_len:
+    raise ContextLengthError(
+        f"{owner}.max_prompt_len={max_prompt_len} + max_new_tokens={max_new_tokens} = "
+        f"{max_prompt_len + max_new_tokens} tokens exceeds the model's context length "
+        f"LlamaConfig.max_seq_len={config.max_seq_len}; lower {owner}.max_prompt_len "
+        f"(longer prompts are then middle-truncated and counted) or max_new_tokens")
+
+
 class Sampler:
   """Host-side batched text generation and next-token scoring.
 
@@ -311,9 +343,12 @@ class Sampler:
   prompt shapes compile per budget), batched ``batch_size`` rows at a time with inert filler
   rows in the last batch, and the results are returned in the caller's order.
 
-  Truncation is a last resort that the caller should avoid by building prompts that fit: it
-  keeps the END of the prompt (which carries the template's generation cue) and the leading
-  BOS, drops tokens after the BOS, and is counted in ``stats["truncated_prompts"]``.
+  Truncation is a last resort that the caller should avoid by building prompts that fit:
+  with ``prompt_overflow="truncate"`` it cuts the MIDDLE of the prompt (``templates.fit_prompt``:
+  the head with BOS and the task, and the tail with the generation cue survive) and counts it
+  in ``stats["truncated_prompts"]``; with ``prompt_overflow="error"`` it raises
+  ``PromptTooLongError``. ``max_prompt_len + max_new_tokens`` may never exceed the model's
+  context length (``check_context_length``).
 
   Determinism: batch i (in sorted order) uses ``fold_in(PRNGKey(seed), i)``. A prompt's sample
   therefore depends on the seed, the batch size and the other prompts in the call.
@@ -325,7 +360,8 @@ class Sampler:
 
   def __init__(self, config: LlamaConfig, tokenizer: Tokenizer, *, max_prompt_len: int,
                batch_size: int, bucket: int = 64, mesh: jax.sharding.Mesh | None = None,
-               data_axis: str = "data"):
+               data_axis: str = "data", prompt_overflow: str = "truncate",
+               owner: str = "Sampler"):
     """Constructor.
 
     Args:
@@ -337,12 +373,23 @@ class Sampler:
       mesh: if given, batches are sharded along ``data_axis`` (params are placed by the
         caller).
       data_axis: mesh axis name for the batch.
+      prompt_overflow: "truncate" (cut the middle, count it) or "error" for a prompt longer
+        than ``max_prompt_len``.
+      owner: the config class the budgets come from, named in errors.
     Raises:
-      ValueError: on non-positive sizes, or batch_size not divisible by the data axis size.
+      ValueError: on non-positive sizes, an unknown ``prompt_overflow``, or batch_size not
+        divisible by the data axis size.
+      ContextLengthError: ``max_prompt_len`` alone exceeds ``config.max_seq_len``.
     """
     if max_prompt_len < 1 or batch_size < 1 or bucket < 1:
       raise ValueError(f"need positive sizes: max_prompt_len={max_prompt_len}, "
                        f"batch_size={batch_size}, bucket={bucket}")
+    if prompt_overflow not in ("truncate", "error"):
+      raise ValueError(f"{owner}.prompt_overflow={prompt_overflow!r}: expected 'truncate' or "
+                       "'error'")
+    check_context_length(config, max_prompt_len, 0, owner)
+    self.prompt_overflow = prompt_overflow
+    self.owner = owner
     self.config = config
     self.tokenizer = tokenizer
     self.max_prompt_len = max_prompt_len
@@ -358,13 +405,23 @@ class Sampler:
     self.stats: dict[str, int] = {"prompts": 0, "truncated_prompts": 0, "batches": 0,
                                   "generated_tokens": 0, "unfinished": 0}
 
-  def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
-    """Tokenizes and, as a last resort, cuts the middle of a too-long prompt
-    (``templates.fit_prompt``, as in training); counts truncations in ``stats``."""
+  def encode_prompts(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Tokenizes (strings; token id lists pass through) and, as a last resort, cuts the
+    middle of a too-long prompt (``templates.fit_prompt``, as in training); counts
+    truncations in ``stats``.
+
+    Raises:
+      PromptTooLongError: a prompt is too long and ``prompt_overflow="error"``.
+    """
     out, truncated = [], 0
-    for text in prompts:
-      ids = list(self.tokenizer.encode(text))
+    for n, text in enumerate(prompts):
+      ids = list(self.tokenizer.encode(text)) if isinstance(text, str) else [int(t) for t in text]
       if len(ids) > self.max_prompt_len:
+        if self.prompt_overflow == "error":
+          raise PromptTooLongError(
+              f"prompt {n} has {len(ids)} tokens > {self.owner}.max_prompt_len="
+              f"{self.max_prompt_len} (set {self.owner}.prompt_overflow='truncate' to cut its "
+              "middle)")
         truncated += 1
         ids = templates.fit_prompt(ids, self.max_prompt_len)
       out.append(ids)
@@ -411,7 +468,10 @@ class Sampler:
     Returns:
       N decoded texts (EOS and everything after it excluded) in the order of ``prompts``;
       with ``return_finished``, a pair (texts, finished flags).
+    Raises:
+      ContextLengthError: ``max_prompt_len + max_new_tokens`` exceeds the model's context.
     """
+    check_context_length(self.config, self.max_prompt_len, max_new_tokens, self.owner)
     texts: list[str] = [""] * len(prompts)
     finished: list[bool] = [False] * len(prompts)
     batches = self._batches(self.encode_prompts(prompts))
@@ -433,33 +493,64 @@ class Sampler:
       self.stats["unfinished"] += int((~done[real]).sum())
     return (texts, finished) if return_finished else texts
 
-  def score_next_token(self, params: Params, prompts: Sequence[str],
-                       candidate_token_ids: Sequence[int], *,
+  def next_token_probs(self, params: Params, prompts: Sequence[str | Sequence[int]],
+                       candidate_token_ids: Sequence[int] | np.ndarray, *,
                        progress: bool = False) -> np.ndarray:
-    """Next-token distribution restricted to K candidates (e.g. the tokens "1".."5").
+    """Probabilities of K candidate next tokens, NOT renormalized (one forward pass a row).
+
+    Args, raises: as ``candidate_logprobs``.
+    Returns:
+      float32 [N, K]: P(candidate | prompt) under the full softmax; row sums are the mass the
+      model puts on the candidates.
+    """
+    return np.exp(self.candidate_logprobs(params, prompts, candidate_token_ids,
+                                          progress=progress))
+
+  def candidate_logprobs(self, params: Params, prompts: Sequence[str | Sequence[int]],
+                         candidate_token_ids: Sequence[int] | np.ndarray, *,
+                         progress: bool = False) -> np.ndarray:
+    """Log-probabilities of K candidate next tokens (one forward pass a row).
 
     Args:
       params: model parameters.
-      prompts: N prompt strings, each ending where the candidate token would follow.
-      candidate_token_ids: K token ids.
+      prompts: N prompts (strings, or token id lists already encoded), each ending where the
+        candidate token would follow.
+      candidate_token_ids: int [K] ids shared by every row, or int [N, K] ids per row.
       progress: show a tqdm bar over batches.
     Returns:
-      float32 [N, K]: P(candidate | prompt) renormalized over the K candidates (rows sum to 1),
+      float32 [N, K]: log P(candidate | prompt) under the full softmax (computed in float32),
       in the order of ``prompts``.
     Raises:
-      ValueError: if no candidates are given.
+      ValueError: no candidates, or a candidate array of the wrong shape.
     """
-    cand = np.asarray(list(candidate_token_ids), np.int32)
-    if cand.size == 0:
-      raise ValueError("candidate_token_ids is empty")
-    probs = np.zeros((len(prompts), cand.size), np.float32)
+    cand = np.asarray(candidate_token_ids, np.int32)
+    if cand.ndim == 1:
+      cand = np.broadcast_to(cand, (len(prompts), cand.size))
+    if cand.ndim != 2 or cand.shape[0] != len(prompts) or cand.shape[1] == 0:
+      raise ValueError(f"candidate_token_ids must be [K] or [N={len(prompts)}, K] with K >= 1, "
+                       f"got shape {np.shape(candidate_token_ids)}")
+    out = np.zeros(cand.shape, np.float32)
     for batch in _maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"):
       logp = next_token_logprobs(params, self._put(batch.tokens), self._put(batch.lengths),
                                  config=self.config)
-      p = np.asarray(jax.device_get(jax.nn.softmax(logp[:, cand], axis=-1)))
-      probs[batch.rows] = p[:len(batch.rows)]
+      rows_cand = np.zeros((self.batch_size, cand.shape[1]), np.int32)
+      rows_cand[:len(batch.rows)] = cand[batch.rows]
+      lp = np.asarray(jax.device_get(
+          jnp.take_along_axis(logp, jnp.asarray(rows_cand), axis=-1)), np.float32)
+      out[batch.rows] = lp[:len(batch.rows)]
       self.stats["batches"] += 1
-    return probs
+    return out
+
+  def score_next_token(self, params: Params, prompts: Sequence[str | Sequence[int]],
+                       candidate_token_ids: Sequence[int] | np.ndarray, *,
+                       progress: bool = False) -> np.ndarray:
+    """``next_token_probs`` renormalized over the K candidates (rows sum to 1).
+
+    Returns:
+      float32 [N, K].
+    """
+    lp = self.candidate_logprobs(params, prompts, candidate_token_ids, progress=progress)
+    return np.asarray(jax.nn.softmax(lp, axis=-1), np.float32)
 
 
 def _maybe_tqdm(items, progress: bool, desc: str):

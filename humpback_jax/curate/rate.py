@@ -1,0 +1,82 @@
+"""Rating a whole dataset, resumably: the shared loop of the curate stages and ``humpback-jax
+score``.
+
+Pairs are rated ``chunk_size`` at a time; each finished chunk is appended to a partial JSONL
+file before the next starts, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from humpback_jax import jsonl
+from humpback_jax.curate import CurationConfig, score_candidates
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+  """Reads a JSONL of ``{"instruction", "response"}`` pairs (optional ``id``).
+
+  A record without ``id`` gets its 1-based line number as id (a string).
+
+  Returns:
+    The records, each with a string ``id``.
+  Raises:
+    FileNotFoundError: no such file.
+    jsonl.JsonlError: a line is not a JSON object; a record lacks a non-empty string
+      ``instruction`` or ``response``; two records share an id. The message names the file
+      and line.
+  """
+  pairs, seen = [], {}
+  with open(path, encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise jsonl.JsonlError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
+    if not isinstance(record, dict):
+      raise jsonl.JsonlError(f"{path}:{lineno}: expected a JSON object, got "
+                             f"{type(record).__name__}")
+    for key in ("instruction", "response"):
+      if not isinstance(record.get(key), str) or not record[key].strip():
+        raise jsonl.JsonlError(f"{path}:{lineno}: field {key!r} must be a non-empty string, got "
+                               f"{type(record.get(key)).__name__}")
+    rid = str(record.get("id", lineno))
+    if rid in seen:
+      raise jsonl.JsonlError(f"{path}:{lineno}: id {rid!r} already used on line {seen[rid]}")
+    seen[rid] = lineno
+    pairs.append(dict(record, id=rid))
+  return pairs
+
+
+def rate_pairs(pairs: Sequence[dict], *, sampler, params, tokenizer, cfg: CurationConfig,
+               seed: int, partial_path: str | os.PathLike, progress: bool = False,
+               desc: str = "rate") -> list[dict]:
+  """Rates every pair (``curate.score_candidates``), resuming from ``partial_path``.
+
+  Args:
+    pairs: ``{"id", "instruction", "response"}`` dicts with unique ids.
+    sampler, params, tokenizer: the rating model.
+    cfg: curation config (mode, budgets, ``chunk_size``).
+    seed: base sampling seed; chunk i of the remaining pairs samples with ``seed + i``.
+    partial_path: append-only file of finished records (kept for resume).
+    progress: tqdm bar over chunks.
+    desc: the bar's label.
+  Returns:
+    One record per pair, in the order of ``pairs``.
+  """
+  with jsonl.JsonlAppender(partial_path) as out:
+    todo = [p for p in pairs if p["id"] not in out.done_ids]
+    chunks = range(0, len(todo), cfg.chunk_size)
+    if progress:
+      from tqdm.auto import tqdm
+      chunks = tqdm(chunks, desc=desc)
+    for ci in chunks:
+      out.append(score_candidates(sampler, params, tokenizer, todo[ci:ci + cfg.chunk_size], cfg,
+                                  seed=seed + ci))
+    by_id = {r["id"]: r for r in out.records}
+  return [by_id[p["id"]] for p in pairs]
