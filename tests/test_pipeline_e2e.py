@@ -46,11 +46,24 @@ def test_every_stage_done_with_counts(run_dir):
   assert stages["prepare_web"]["count"] > 0
   n_cand = stages["augment"]["count"]
   assert n_cand > 0
-  assert n_cand + stages["augment"]["dropped_empty_instruction"] == stages["augment"]["segments"]
+  aug = stages["augment"]
+  assert n_cand + aug["dropped_empty_instruction"] + aug["dropped_unfinished"] == aug["segments"]
+  assert aug["dropped_unfinished"] == 0 and 0 <= aug["unfinished"] <= n_cand  # smoke keeps them
+  assert 0 <= aug["instruction_like"] <= n_cand
   for t in (0, 1):
     c = stages[f"curate_M{t}"]
     assert c["scored"] == n_cand
     assert sum(c["histogram"].values()) == n_cand
+    # The rating prompt (~1,500 tok512 tokens) does not fit stories260K's 512: all are cut.
+    assert c["truncated_prompts"] == n_cand
+    assert 0 < c["mean_digit_mass"] <= 1
+    sanity = c["judge_sanity"]
+    assert sanity["n"] == 8 and 0 <= sanity["ci_low"] <= sanity["auc"] <= sanity["ci_high"] <= 1
+    assert json.loads((run_dir / f"data/judge_sanity_M{t}.json").read_text()) == sanity
+    for r in jsonl.read_jsonl(run_dir / f"data/scores_M{t}.jsonl"):
+      assert len(r["p_scores"]) == 5 and abs(sum(r["p_scores"]) - 1) < 1e-4
+      assert 1 <= r["expected_score"] <= 5 and 0 < r["digit_mass"] <= 1
+      assert r["source"] in ("parse", "logprob")
     curated = jsonl.read_jsonl(run_dir / f"data/curated_A{t + 1}.jsonl")
     assert len(curated) == c["count"]
     assert all(r["score"] >= c["threshold"] for r in curated)
@@ -78,7 +91,9 @@ def test_final_answers_in_alpaca_eval_schema(run_dir):
 def test_report(run_dir):
   report = (run_dir / "report.md").read_text()
   for needle in ["## Stages", "Iteration 1: scored by M0", "Iteration 2: scored by M1",
-                 "parse-validity rate", "| seed |", "candidates A"]:
+                 "parse-validity rate", "| seed |", "candidates A", "mean digit mass",
+                 "parse/log-prob agreement", "judge sanity check", "read as an instruction",
+                 "cut at max_new_tokens"]:
     assert needle in report, needle
 
 
@@ -110,6 +125,27 @@ def test_interrupted_curation_resumes(run_dir):
   assert [r["id"] for r in redone] == [r["id"] for r in scores]
   assert redone[:8] == keep  # finished work was not redone
   assert _manifest(run_dir)["stages"]["curate_M1"]["status"] == "done"
+
+
+def test_score_command_rates_a_users_pairs(run_dir, tmp_path, capsys):
+  pairs = tmp_path / "pairs.jsonl"
+  pairs.write_text("".join(json.dumps({"instruction": f"Tell a story about {w}.",
+                                       "response": f"Once upon a time there was a {w}."}) + "\n"
+                           for w in ("cat", "dog", "bird")))
+  out = tmp_path / "scores.jsonl"
+  # A run's trained model directory: base model and tokenizer come from the run's manifest.
+  assert main(["score", f"--model={run_dir / 'models' / 'M0'}", f"--input={pairs}",
+               f"--output={out}", "--mode=logprob", "--sanity_check", "--sanity_pairs=3",
+               "--no_progress", "--gin_param=CurationConfig.batch_size = 4"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  recs = jsonl.read_jsonl(out)
+  assert [r["id"] for r in recs] == ["1", "2", "3"]
+  for r in recs:
+    assert {"id", "score", "source", "p_scores", "digit_mass", "expected_score"} <= set(r)
+    assert r["source"] == "logprob" and r["score"] == r["logprob_score"]
+  assert summary["scored"] == 3 and summary["judge_sanity"]["n"] == 3
+  assert summary["max_prompt_len"] == 512  # lowered to the model's context (logprob: no budget)
+  assert not (tmp_path / "scores.jsonl.partial").exists()
 
 
 def test_export_loads_in_transformers(run_dir):

@@ -111,7 +111,8 @@ def score_candidates(sampler, params, tokenizer, candidates: Sequence[dict], cfg
     Records ``{"id", "score": int|None, "source": "parse"|"logprob"|None, "parsed": bool,
     "rating": str (generated reasoning; "" in logprob mode), "rating_finished": bool|None,
     "p_scores": [5 floats, renormalised], "digit_mass": float, "expected_score": float,
-    "logprob_score": int}``.
+    "logprob_score": int, "prompt_truncated": bool (the probe exceeded the sampler's prompt
+    budget and lost its middle)}``.
   Raises:
     ProbeError: the tokenizer cannot express the probe (see ``probe.score_probe``).
   """
@@ -138,7 +139,8 @@ def score_candidates(sampler, params, tokenizer, candidates: Sequence[dict], cfg
       score, source = int(readout.argmax[i]), "logprob"
     records.append({"id": c["id"], "score": score, "source": source,
                     "parsed": parsed is not None, "rating": texts[i],
-                    "rating_finished": finished[i], **readout.record(i)})
+                    "rating_finished": finished[i], **readout.record(i),
+                    "prompt_truncated": bool(readout.probe_tokens[i] > sampler.max_prompt_len)})
   return records
 
 
@@ -165,7 +167,8 @@ def curation_stats(records: Sequence[dict]) -> dict:
     ``parse_logprob_agreement`` (share of records with a parsed score whose log-prob arg-max
     equals it; nan if none) and ``agreement_pairs`` (how many had both), ``mean_digit_mass``,
     ``mean_expected_score``, ``logprob_scored`` (records whose score came from the log-prob
-    read-out), ``ratings_unfinished`` (generated ratings cut by ``max_new_tokens``), ``A_5``
+    read-out), ``ratings_unfinished`` (generated ratings cut by ``max_new_tokens``),
+    ``truncated_prompts`` (rating prompts that lost their middle to fit), ``A_5``
     and ``A_4`` (counts with score 5 and >= 4).
   """
   both = [r for r in records if r.get("parsed") and r.get("logprob_score") is not None]
@@ -183,6 +186,7 @@ def curation_stats(records: Sequence[dict]) -> dict:
       "mean_expected_score": float(np.mean(expected)) if expected else float("nan"),
       "logprob_scored": sum(1 for r in records if r.get("source") == "logprob"),
       "ratings_unfinished": sum(1 for r in records if r.get("rating_finished") is False),
+      "truncated_prompts": sum(1 for r in records if r.get("prompt_truncated")),
       "A_5": sum(1 for s in scores if s is not None and s >= 5),
       "A_4": sum(1 for s in scores if s is not None and s >= 4),
   }

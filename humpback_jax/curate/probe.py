@@ -85,15 +85,18 @@ class ScoreReadout:
       how much the model believes it is writing a score at all (in [0, 1]).
     argmax: int32 [N] the most likely score (1..5).
     expected_score: float32 [N] sum_n n * p_scores[:, n-1] (in [1, 5]).
+    probe_tokens: int32 [N] length of each probe (tokens) before any truncation, or None.
   """
 
   p_scores: np.ndarray
   digit_mass: np.ndarray
   argmax: np.ndarray
   expected_score: np.ndarray
+  probe_tokens: np.ndarray | None = None
 
   @classmethod
-  def from_logprobs(cls, digit_logprobs: np.ndarray) -> "ScoreReadout":
+  def from_logprobs(cls, digit_logprobs: np.ndarray,
+                    probe_tokens: np.ndarray | None = None) -> "ScoreReadout":
     """From log P(digit N | probe) float [N, 5] under the full softmax."""
     lp = np.asarray(digit_logprobs, np.float64)
     top = lp.max(-1, keepdims=True)
@@ -103,7 +106,8 @@ class ScoreReadout:
     scores = np.asarray(SCORES, np.float64)
     return cls(p_scores=p.astype(np.float32), digit_mass=mass.astype(np.float32),
                argmax=(p.argmax(-1) + 1).astype(np.int32),
-               expected_score=(p @ scores).astype(np.float32))
+               expected_score=(p @ scores).astype(np.float32),
+               probe_tokens=probe_tokens)
 
   def record(self, i: int) -> dict:
     """JSON fields of row ``i``: ``p_scores`` (5 floats), ``digit_mass``, ``expected_score``,
@@ -135,4 +139,4 @@ def read_scores(sampler, params, tokenizer: _Tokenizer, contexts: Sequence[str],
   probes = [score_probe(tokenizer, c, answer) for c in contexts]
   logp = sampler.candidate_logprobs(params, [p for p, _ in probes],
                                     np.asarray([d for _, d in probes], np.int32))
-  return ScoreReadout.from_logprobs(logp)
+  return ScoreReadout.from_logprobs(logp, np.asarray([len(p) for p, _ in probes], np.int32))

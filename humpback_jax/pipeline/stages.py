@@ -115,24 +115,32 @@ def train_forward(t: int) -> Callable[[RunContext], dict]:
 # --------------------------------------------------------------------------- sampling stages
 
 
-def _sampler(ctx: RunContext, model_cfg, max_prompt_len: int, batch_size: int):
-  from humpback_jax.sample.sampler import Sampler
-  return Sampler(model_cfg, ctx.tokenizer, max_prompt_len=max_prompt_len, batch_size=batch_size)
+def _sampler(ctx: RunContext, model_cfg, cfg, owner: str):
+  """A ``Sampler`` with ``cfg``'s prompt budget, batch size and overflow policy; refuses
+  budgets beyond the model's context length (naming ``owner``'s fields)."""
+  from humpback_jax.sample.sampler import Sampler, check_context_length
+  check_context_length(model_cfg, cfg.max_prompt_len, cfg.max_new_tokens, owner)
+  return Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
+                 batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner)
 
 
 def augment(ctx: RunContext) -> dict:
   """Self-augmentation ([HB] §2.1): M_yx writes one instruction x̂ per segment y.
 
   Resumable: finished chunks are appended to ``candidates.partial.jsonl``; a rerun skips them.
-  Empty generations are dropped and counted.
+  Dropped and counted: empty instructions, and (``GenerationConfig.drop_unfinished``)
+  generations that hit ``max_new_tokens`` before an EOS (cut-off instructions). The share of
+  kept candidates that read as an instruction (``data.instructions.looks_like_instruction``:
+  a question or an imperative) is reported.
   """
+  from humpback_jax.data.instructions import looks_like_instruction
   from humpback_jax.sample.sampling import Sampling
   cfg = ctx.config.augment
   segments = jsonl.read_jsonl(ctx.run_dir / "data/segments.jsonl")
   if cfg.max_segments is not None:
     segments = segments[:cfg.max_segments]
   model_cfg, params = _load_trained(ctx, "M_yx")
-  sampler = _sampler(ctx, model_cfg, cfg.max_prompt_len, cfg.batch_size)
+  sampler = _sampler(ctx, model_cfg, cfg, "GenerationConfig")
   strategy = Sampling(temperature=cfg.temperature, top_p=cfg.top_p)
   partial = ctx.path("data/candidates.partial.jsonl")
   with jsonl.JsonlAppender(partial) as out:
@@ -141,47 +149,74 @@ def augment(ctx: RunContext) -> dict:
     for ci in _progress(ctx, chunks, "augment (chunks)"):
       chunk = todo[ci:ci + cfg.chunk_size]
       prompts = [templates.backward_prompt(ctx.tokenizer, s["text"]) for s in chunk]
-      texts = sampler.generate_texts(params, prompts, max_new_tokens=cfg.max_new_tokens,
-                                     strategy=strategy, seed=ctx.config.seed_value + ci)
-      out.append({"id": s["id"], "instruction": templates.parse_backward_output(x), "response": s["text"],
-                  "header": s.get("header"), "source": s.get("source")}
-                 for s, x in zip(chunk, texts))
-    records = list(out.records)
-  kept = [r for r in records if r["instruction"]]
+      texts, finished = sampler.generate_texts(
+          params, prompts, max_new_tokens=cfg.max_new_tokens, strategy=strategy,
+          seed=ctx.config.seed_value + ci, return_finished=True)
+      out.append({"id": s["id"], "instruction": templates.parse_backward_output(x),
+                  "response": s["text"], "header": s.get("header"), "source": s.get("source"),
+                  "finished": f, "raw_output": x}
+                 for s, x, f in zip(chunk, texts, finished))
+    by_id = {r["id"]: r for r in out.records}
+  records = [by_id[s["id"]] for s in segments]
+  empty = [r for r in records if not r["instruction"]]
+  unfinished = [r for r in records if r["instruction"] and not r.get("finished", True)]
+  kept = [r for r in records if r["instruction"]
+          and (r.get("finished", True) or not cfg.drop_unfinished)]
   jsonl.write_jsonl(kept, ctx.path("data/candidates.jsonl"))
+  like = sum(looks_like_instruction(r["instruction"]) for r in kept)
+  if not kept:
+    raise ValueError(f"augment: no candidate left of {len(records)} generations "
+                     f"({len(empty)} empty, {len(unfinished)} cut at "
+                     f"GenerationConfig.max_new_tokens={cfg.max_new_tokens})")
   return {"count": len(kept), "segments": len(segments),
-          "dropped_empty_instruction": len(records) - len(kept),
+          "dropped_empty_instruction": len(empty),
+          "unfinished": len(unfinished),
+          "dropped_unfinished": len(unfinished) if cfg.drop_unfinished else 0,
+          "instruction_like": like,
+          "instruction_like_share": round(like / len(kept), 4),
           "truncated_prompts": sampler.stats.get("truncated_prompts", 0)}
 
 
+def _sanity_sample(ctx: RunContext, n: int) -> list[dict]:
+  """``n`` seed pairs for the judge sanity check, a fixed sample given the run's seed."""
+  import numpy as np
+  seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
+  order = np.random.default_rng(ctx.config.seed_value).permutation(len(seed))
+  return [seed[i] for i in order[:n]]
+
+
 def curate_with(t: int) -> Callable[[RunContext], dict]:
-  """Self-curation by M_t: rate every candidate of A, keep score >= k -> A_k^(t+1)."""
+  """Self-curation by M_t: rate every candidate of A, keep score >= k -> A_k^(t+1).
+
+  Also checks that the judge carries signal (``curate.sanity``: AUC of real seed pairs over
+  the same instructions with shuffled responses) and warns when it does not.
+  """
 
   def run(ctx: RunContext) -> dict:
+    from humpback_jax.curate import rate, sanity
     cfg = ctx.config.curation
     candidates = jsonl.read_jsonl(ctx.run_dir / "data/candidates.jsonl")
     model_cfg, params = _load_trained(ctx, f"M{t}")
-    sampler = _sampler(ctx, model_cfg, cfg.max_prompt_len, cfg.batch_size)
-    partial = ctx.path(f"data/scores_M{t}.partial.jsonl")
-    with jsonl.JsonlAppender(partial) as out:
-      todo = [c for c in candidates if c["id"] not in out.done_ids]
-      chunks = range(0, len(todo), cfg.chunk_size)
-      for ci in _progress(ctx, chunks, f"curate M{t} (chunks)"):
-        chunk = todo[ci:ci + cfg.chunk_size]
-        out.append(curate.score_candidates(sampler, params, ctx.tokenizer, chunk, cfg,
-                                           seed=ctx.config.seed_value + 1000 * (t + 1) + ci))
-      scores = list(out.records)
+    sampler = _sampler(ctx, model_cfg, cfg, "CurationConfig")
+    scores = rate.rate_pairs(
+        candidates, sampler=sampler, params=params, tokenizer=ctx.tokenizer, cfg=cfg,
+        seed=ctx.config.seed_value + 1000 * (t + 1), progress=ctx.progress,
+        partial_path=ctx.path(f"data/scores_M{t}.partial.jsonl"), desc=f"curate M{t} (chunks)")
     jsonl.write_jsonl(scores, ctx.path(f"data/scores_M{t}.jsonl"))
     by_id = {r["id"]: r["score"] for r in scores}
     curated = curate.select(candidates, by_id, cfg.threshold)
     jsonl.write_jsonl(curated, ctx.path(f"data/curated_A{t + 1}.jsonl"))
-    hist = curate.score_histogram(scores)
-    return {"count": len(curated), "scored": len(scores), "threshold": cfg.threshold,
-            "A_5": sum(1 for s in by_id.values() if s is not None and s >= 5),
-            "A_4": sum(1 for s in by_id.values() if s is not None and s >= 4),
-            "histogram": hist, "validity_rate": curate.validity_rate(scores),
-            "logprob_fallbacks": sum(1 for r in scores if r.get("source") == "logprob"),
-            "truncated_prompts": sampler.stats.get("truncated_prompts", 0)}
+    extras = {"count": len(curated), "threshold": cfg.threshold, "mode": cfg.mode,
+              **curate.curation_stats(scores)}
+    if cfg.sanity_pairs:
+      check = sanity.judge_sanity_check(sampler, params, ctx.tokenizer,
+                                        _sanity_sample(ctx, cfg.sanity_pairs),
+                                        n=cfg.sanity_pairs, seed=ctx.config.seed_value + t)
+      ctx.write_json(f"data/judge_sanity_M{t}.json", check)
+      if check["warning"]:
+        log.warning("curate_M%d: %s", t, check["warning"])
+      extras["judge_sanity"] = check
+    return extras
 
   return run
 
@@ -202,7 +237,8 @@ def answer_final(ctx: RunContext) -> dict:
     raise ValueError(f"{eval_path}: cannot read AlpacaEval instructions ({e})") from e
   name = f"M{cfg.iterations}"
   model_cfg, params = _load_trained(ctx, name)
-  sampler = _sampler(ctx, model_cfg, cfg.augment.max_prompt_len, cfg.augment.batch_size)
+  sampler = _sampler(ctx, model_cfg, dataclasses.replace(
+      cfg.augment, max_new_tokens=cfg.final_max_new_tokens), "GenerationConfig")
   prompts = [templates.forward_prompt(ctx.tokenizer, it["instruction"], templates.INFERENCE_TAGS)
              for it in items]
   texts, finished = sampler.generate_texts(
