@@ -69,6 +69,9 @@ def test_every_stage_done_with_counts(run_dir):
     assert all(r["score"] >= c["threshold"] for r in curated)
     scores = {r["id"]: r["score"] for r in jsonl.read_jsonl(run_dir / f"data/scores_M{t}.jsonl")}
     assert c["count"] == sum(1 for s in scores.values() if s is not None and s >= c["threshold"])
+  for name in ("train_backward", "train_M0", "train_M1", "train_M2"):
+    assert np.isfinite(stages[name]["final_eval_loss"]), name  # held-out, dropout off
+    assert stages[name]["data"]["heldout_examples"] == 4
   # M_t trains on seed (tag S_a) + A^(t) (tag S_w).
   train_m1 = jsonl.read_jsonl(run_dir / "data/train_M1.jsonl")
   assert stages["train_M1"]["augmented_examples"] == stages["curate_M0"]["count"]
@@ -93,7 +96,7 @@ def test_report(run_dir):
   for needle in ["## Stages", "Iteration 1: scored by M0", "Iteration 2: scored by M1",
                  "parse-validity rate", "| seed |", "candidates A", "mean digit mass",
                  "parse/log-prob agreement", "judge sanity check", "read as an instruction",
-                 "cut at max_new_tokens"]:
+                 "cut at max_new_tokens", "final held-out loss"]:
     assert needle in report, needle
 
 

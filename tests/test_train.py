@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
@@ -184,6 +185,7 @@ class Preempted(Exception):
 
 def test_resume_after_interruption_matches_uninterrupted_run(params0, tmp_path):
   cfg = tcfg(mesh=MESH_8)
+  assert cfg.dropout_rate > 0  # the resumed run must redraw the same per-step dropout masks
   full, s_full = train(CFG, params0, batches_from, cfg, tmp_path / "a")
   assert s_full["steps_run"] == 4 and s_full["start_step"] == 0
   lrs = [h["learning_rate"] for h in s_full["history"]]
@@ -211,6 +213,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(params0, tmp_path):
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)
   assert s_res["final_loss"] == pytest.approx(s_full["final_loss"], rel=1e-6)
+  assert [h["loss"] for h in s_res["history"]] == [h["loss"] for h in s_full["history"]]
   # rerunning a finished run is a no-op that returns the final params
   again, s_again = train(CFG, params0, batches_from, cfg, tmp_path / "b")
   assert s_again["steps_run"] == 0
@@ -261,3 +264,198 @@ def test_rejects_bad_inputs(params0, one_device):
           tcfg(mesh=MESH_8), None)
   with pytest.raises(RuntimeError, match="ended after"):
     train(CFG, params0, lambda s: iter([synthetic_batch(0)]), tcfg(), None, devices=one_device)
+
+
+def _ref_loss(params, batch, dropout_key=None, dropout_rate=0.0):
+  """Independent loss: ``Llama.apply`` then a float64 numpy cross-entropy (nats/token sums)."""
+  det = dropout_key is None
+  model = Llama(CFG.replace(dropout_rate=dropout_rate), deterministic=det)
+  logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
+                          batch["decoder_segment_ids"],
+                          **({} if det else {"rngs": {"dropout": dropout_key}}))
+  logits = np.asarray(logits, np.float64)
+  m = logits.max(-1, keepdims=True)
+  logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(logp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+  w = batch["decoder_loss_weights"].astype(np.float64)
+  return float((ce * w).sum()), float(w.sum())
+
+
+def test_dropout_masks_differ_between_steps(params0, one_device):
+  """With lr 0 the params never move: per-step losses on ONE batch differ only by the masks,
+  and step s draws them from fold_in(PRNGKey(seed), s)."""
+  cfg = tcfg(num_steps=3, learning_rate=0.0, end_learning_rate=0.0, dropout_rate=0.5, seed=5)
+  batch = synthetic_batch(0)
+  params, s = train(CFG, params0, lambda start: itertools.repeat(batch), cfg, None,
+                    devices=one_device)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params0)):
+    np.testing.assert_array_equal(a, b)
+  losses = [h["loss"] for h in s["history"]]
+  assert len(set(losses)) == 3, losses  # the same mask every step would repeat the loss
+  for step, loss in enumerate(losses):
+    key = jax.random.fold_in(jax.random.PRNGKey(5), step)
+    total, n = _ref_loss(params0, batch, key, 0.5)
+    assert loss == pytest.approx(total / n, rel=1e-5)
+
+
+def test_checkpoint_from_other_inputs_is_refused_or_restarted(params0, tmp_path):
+  from humpback_jax.train import InputsChangedError
+  cfg = tcfg(num_steps=2, mesh=MESH_8)
+  fp = {"train_data_sha256": "a" * 64, "base_model_id": "base-A", "direction": "forward"}
+  first, _ = train(CFG, params0, batches_from, cfg, tmp_path / "c", fingerprint=fp)
+  meta = Checkpointer(tmp_path / "c", keep=2).read_meta(2)
+  assert meta["fingerprint"] == fp and meta["train_config"] == cfg.math_dict()
+  _, same = train(CFG, params0, batches_from, cfg, tmp_path / "c", fingerprint=dict(fp))
+  assert same["steps_run"] == 0  # unchanged inputs: the finished run is reused
+  other_data = dict(fp, train_data_sha256="b" * 64)
+  with pytest.raises(InputsChangedError,
+                     match="training data changed: sha256 aaaaaaaaaaaa… -> bbbbbbbbbbbb…"):
+    train(CFG, params0, batches_from, cfg, tmp_path / "c", fingerprint=other_data)
+  with pytest.raises(ValueError, match="base model changed: 'base-A' -> 'base-B'"):
+    train(CFG, params0, batches_from, cfg, tmp_path / "c",
+          fingerprint=dict(fp, base_model_id="base-B"))
+  with pytest.raises(ValueError, match="direction changed: 'forward' -> 'backward'"):
+    train(CFG, params0, batches_from, cfg, tmp_path / "c",
+          fingerprint=dict(fp, direction="backward"))
+  with pytest.raises(ValueError, match=r"hyper-parameters changed: seed 0 -> 1"):
+    train(CFG, params0, batches_from, cfg.replace(seed=1), tmp_path / "c", fingerprint=fp)
+  with pytest.raises(ValueError, match="on_mismatch"):
+    train(CFG, params0, batches_from, cfg, tmp_path / "c", fingerprint=fp, on_mismatch="x")
+  # restart: the stale checkpoint is deleted and the run starts from the initial params
+  other_batches = lambda start: batches_from(start + 100)  # noqa: E731 (the "new data")
+  restarted, s = train(CFG, params0, other_batches, cfg, tmp_path / "c",
+                       fingerprint=other_data, on_mismatch="restart")
+  assert s["start_step"] == 0 and s["steps_run"] == 2
+  assert Checkpointer(tmp_path / "c", keep=2).read_meta(2)["fingerprint"] == other_data
+  fresh, _ = train(CFG, params0, other_batches, cfg, tmp_path / "d", fingerprint=other_data)
+  for a, b, c in zip(jax.tree.leaves(restarted), jax.tree.leaves(fresh),
+                     jax.tree.leaves(first)):
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+  # a checkpoint that recorded no fingerprint is not trusted for a fingerprinted run
+  train(CFG, params0, batches_from, cfg, tmp_path / "e")
+  with pytest.raises(ValueError, match=r"training data changed: sha256 '\(not recorded\)'"):
+    train(CFG, params0, batches_from, cfg, tmp_path / "e", fingerprint=fp)
+
+
+def _poisoned(bad_index):
+  """Batches of ``batches_from`` with an out-of-vocabulary token at batch ``bad_index``
+  (``jnp.take`` fills out-of-range rows with nan: the loss of that step is nan)."""
+  def fn(start):
+    for i, b in enumerate(batches_from(start), start):
+      if i == bad_index:
+        b = dict(b)
+        b["decoder_input_tokens"] = b["decoder_input_tokens"].copy()
+        b["decoder_input_tokens"][0, 0] = CFG.vocab_size + 7
+      yield b
+  return fn
+
+
+@pytest.mark.parametrize("bad_index", [2, 3])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(params0, tmp_path,
+                                                                  one_device, bad_index):
+  # the poisoned batch really gives a nan loss
+  bad = next(_poisoned(bad_index)(bad_index))
+  assert np.isnan(_ref_loss(params0, bad)[0])
+  # checkpoints every 2 steps; logging off until the end: step 3 is caught while step 4 runs
+  # (before step 4's checkpoint), step 4 right before its own checkpoint
+  cfg = tcfg(num_steps=6, log_every=100)
+  with pytest.raises(RuntimeError, match=f"non-finite training step {bad_index + 1} of 6") as e:
+    train(CFG, params0, _poisoned(bad_index), cfg, tmp_path / "n", devices=one_device)
+  assert e.value.step == bad_index + 1 and e.value.checkpoint_step == 2
+  assert np.isnan(e.value.loss)
+  assert "last good checkpoint is step 2" in str(e.value)
+  assert Checkpointer(tmp_path / "n", keep=2).all_steps() == [2]  # the bad state is not saved
+  # without checkpoints the error says so
+  with pytest.raises(RuntimeError, match="checkpointing is off"):
+    train(CFG, params0, _poisoned(bad_index), cfg, None, devices=one_device)
+
+
+def test_eval_loss_is_the_deterministic_held_out_loss(params0, tmp_path, one_device):
+  from humpback_jax.train.checkpoint import abstract_with_shardings
+  held = [synthetic_batch(1000), synthetic_batch(1001)]
+  cfg = tcfg(num_steps=5, eval_every=2, log_every=100, checkpoint_every=2, keep_checkpoints=3,
+             learning_rate=1e-3, end_learning_rate=1e-3, dropout_rate=0.3)
+  params, s = train(CFG, params0, batches_from, cfg, tmp_path / "v", devices=one_device,
+                    eval_batches=held)
+  evals = {h["step"]: h["eval_loss"] for h in s["history"] if "eval_loss" in h}
+  assert sorted(evals) == [2, 4, 5]  # every eval_every steps and after the last
+  assert [h["step"] for h in s["history"]] == [2, 4, 5]  # (log_every=100: no other entries)
+
+  def reference(p):
+    sums = [_ref_loss(p, b) for b in held]
+    return sum(t for t, _ in sums) / sum(n for _, n in sums)
+
+  assert s["final_eval_loss"] == evals[5]
+  assert evals[5] == pytest.approx(reference(params), rel=1e-5)
+  # the intermediate evaluations are of the parameters at that step (restored checkpoints)
+  mesh = shd.make_mesh(MESH_1, one_device)
+  opt = make_optimizer(cfg)
+  abstract = abstract_state(CFG, opt)
+  target = abstract_with_shardings(abstract, state_shardings(CFG, abstract, mesh))
+  ckpt = Checkpointer(tmp_path / "v", keep=3)
+  for step in (2, 4):
+    with jax.set_mesh(mesh):
+      state, _ = ckpt.restore(step, target)
+    assert evals[step] == pytest.approx(reference(jax.device_get(state.params)), rel=1e-5)
+  assert len(set(evals.values())) == 3
+  # a finished run reports the recorded final eval loss
+  _, again = train(CFG, params0, batches_from, cfg, tmp_path / "v", devices=one_device,
+                   eval_batches=held)
+  assert again["steps_run"] == 0 and again["final_eval_loss"] == evals[5]
+  # evaluation off: no eval keys; on without held-out batches: an error
+  _, off = train(CFG, params0, batches_from, tcfg(), None, devices=one_device)
+  assert off["final_eval_loss"] is None and not any("eval_loss" in h for h in off["history"])
+  with pytest.raises(ValueError, match="no held-out batches"):
+    train(CFG, params0, batches_from, tcfg(eval_every=2), None, devices=one_device)
+
+
+def test_fine_tune_reuses_only_what_the_same_inputs_produced(params0, tmp_path):
+  """Pipeline level: data hash + base model id in checkpoint and params; held-out eval."""
+  from humpback_jax.data import tasks
+  from humpback_jax.pipeline import training
+  from humpback_jax.train import InputsChangedError
+  from test_tasks import RECORDS, ByteTok, write_jsonl
+
+  tok = ByteTok()
+  data = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+  cfg = tcfg(num_steps=2, sequence_length=128, batch_size=4, mesh=MESH_8, eval_every=1,
+             eval_examples=2)
+  kw = dict(model_config=CFG, base_params=params0, tokenizer=tok, train_file=str(data),
+            direction="forward", train_config=cfg, model_dir=str(tmp_path / "M0"), seed=0)
+  s = training.fine_tune(**kw, base_model_id="base-A")
+  assert s["steps_run"] == 2 and s["data"]["heldout_examples"] == 2
+  # the final eval loss is the deterministic loss of the saved params on the held-out examples
+  _, saved = training.load_trained(tmp_path / "M0", CFG, params0)
+  held = tasks.make_train_iterator(data, tok, sequence_length=128, batch_size=4, seed=0,
+                                   row_multiple=4, holdout=2).eval_batches
+  sums = [_ref_loss(saved, b) for b in held]
+  assert s["final_eval_loss"] == pytest.approx(sum(t for t, _ in sums) / sum(n for _, n in sums),
+                                               rel=1e-5)
+  fp = training.read_params_fingerprint(tmp_path / "M0")
+  assert fp["train_data_sha256"] == s["train_data_sha256"] and fp["base_model_id"] == "base-A"
+  assert training.fine_tune(**kw, base_model_id="base-A")["steps_run"] == 0  # reused
+
+  with pytest.raises(InputsChangedError, match="base model changed: 'base-A' -> 'base-B'"):
+    training.fine_tune(**kw, base_model_id="base-B")
+  old_sha = s["train_data_sha256"]
+  write_jsonl(data, RECORDS[1:])  # the stage's training data changed
+  with pytest.raises(InputsChangedError, match=f"training data changed: sha256 {old_sha[:12]}"):
+    training.fine_tune(**kw, base_model_id="base-A")
+  # the final params alone (checkpoints gone) are not reused either, and are left in place
+  import shutil
+  shutil.rmtree(tmp_path / "M0" / "ckpt")
+  with pytest.raises(InputsChangedError, match="params was trained from different inputs"):
+    training.fine_tune(**kw, base_model_id="base-A")
+  assert training.read_params_fingerprint(tmp_path / "M0")["train_data_sha256"] == old_sha
+  s2 = training.fine_tune(**kw, base_model_id="base-A", on_mismatch="restart")
+  assert s2["steps_run"] == 2 and s2["train_data_sha256"] != old_sha
+  assert training.read_params_fingerprint(tmp_path / "M0")["train_data_sha256"] == \
+      s2["train_data_sha256"]
+  _, retrained = training.load_trained(tmp_path / "M0", CFG, params0)
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(retrained)))
+  # params without a recorded fingerprint (an older version wrote them) are not trusted
+  (tmp_path / "M0" / "params" / training.FINGERPRINT_FILE).unlink()
+  with pytest.raises(InputsChangedError, match="no fingerprint of the inputs was recorded"):
+    training.fine_tune(**kw, base_model_id="base-A")

@@ -108,6 +108,7 @@ class RunContext:
     self.data_root = config.data_root or str(paths.default_data_root())
     self._base = None
     self._tokenizer = None
+    self.force = False  # set by the runner while a stage runs with --force
 
   def path(self, rel: str) -> pathlib.Path:
     p = self.run_dir / rel
@@ -133,6 +134,18 @@ class RunContext:
       cfg = cfg.replace(dtype=self.config.base.dtype, param_dtype=self.config.base.param_dtype)
       self._base = (cfg, params)
     return self._base
+
+  @property
+  def base_model_id(self) -> str:
+    """Identity of the base model for training fingerprints: the configured specs, the
+    dtypes, and the size in bytes of the checkpoint file(s) (not their absolute path, so a
+    run directory moved to another machine keeps its identity)."""
+    base = self.config.base
+    path = pathlib.Path(resolve_model_path(base.checkpoint, self.data_root))
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    size = sum(f.stat().st_size for f in files)
+    return (f"checkpoint={base.checkpoint} tokenizer={base.tokenizer} dtype={base.dtype} "
+            f"param_dtype={base.param_dtype} bytes={size}")
 
   def write_json(self, rel: str, obj) -> None:
     self.path(rel).write_text(json.dumps(obj, indent=2, default=str))

@@ -14,6 +14,8 @@ _BAR = 40
 
 
 def _fmt(x) -> str:
+  if x is None:
+    return "–"
   if isinstance(x, float):
     return "n/a" if math.isnan(x) else f"{x:.3f}"
   return str(x)
@@ -58,6 +60,18 @@ def write_report(ctx, manifest) -> str:
     lines.append(f"| {name} | {entry.get('status')} | {entry.get('count', '')} | "
                  f"{entry.get('seconds', '')} |")
 
+  trained = [(n, e) for n, e in stages.items() if n.startswith("train_") and "steps" in e]
+  if trained:
+    lines += ["", "## Training", "",
+              "Train loss is measured with dropout on; the held-out loss is deterministic "
+              "(dropout off) on examples held out of the training file, so it tells learning "
+              "from dropout noise.", "",
+              "| model | examples | steps | final train loss | final held-out loss | "
+              "seconds |", "|---|---:|---:|---:|---:|---:|"]
+    for name, e in trained:
+      lines.append(f"| {name[len('train_'):]} | {e.get('count')} | {e.get('steps')} | "
+                   f"{_fmt(e.get('final_loss'))} | {_fmt(e.get('final_eval_loss'))} | "
+                   f"{_fmt(e.get('train_seconds'))} |")
   lines += ["", "## Data", ""]
   web = stages.get("prepare_web", {}).get("stats")
   if web:

@@ -38,11 +38,14 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
   log.info("stage %s: running", stage.name)
   manifest.start(stage.name)
   t0 = time.time()
+  ctx.force = force
   try:
     extras = stage.run(ctx)
   except BaseException as e:
     manifest.fail(stage.name, f"{type(e).__name__}: {e}")
     raise
+  finally:
+    ctx.force = False
   manifest.finish(stage.name, time.time() - t0, **extras)
   log.info("stage %s: done in %.1f s (count=%s)", stage.name, time.time() - t0,
            extras.get("count"))

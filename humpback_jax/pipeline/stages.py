@@ -62,7 +62,10 @@ def _train(ctx: RunContext, name: str, records: list[dict], direction: str, trai
   """Fine-tunes the base model on ``records`` and saves ``models/<name>``.
 
   ``direction``: "forward" (instruction+tags -> response) or "backward" (response ->
-  instruction). Every M_t starts from the base LM ([HB] §2.3).
+  instruction). Every M_t starts from the base LM ([HB] §2.3). A checkpoint or final params
+  made from other inputs (training data, base model, hyper-parameters) are refused with a
+  message naming what changed, or, when the stage is rerun with ``--force``, discarded and
+  trained again.
   """
   from humpback_jax.pipeline.training import fine_tune
   train_file = ctx.path(f"data/train_{name}.jsonl")
@@ -72,7 +75,8 @@ def _train(ctx: RunContext, name: str, records: list[dict], direction: str, trai
       model_config=model_cfg, base_params=base_params, tokenizer=ctx.tokenizer,
       train_file=str(train_file), direction=direction, train_config=train_cfg,
       model_dir=str(ctx.path(f"models/{name}/x").parent), seed=ctx.config.seed_value,
-      progress=ctx.progress)
+      progress=ctx.progress, base_model_id=ctx.base_model_id,
+      on_mismatch="restart" if ctx.force else "error")
   summary["train_seconds"] = summary.pop("seconds", None)
   return dict(summary, count=len(records))
 

@@ -1,7 +1,9 @@
 """Orbax checkpoints of the training state: save every N steps and at the end, keep K, resume.
 
 Each checkpoint is a step directory holding the ``TrainState`` (``state``) and a small JSON
-(``meta``: the run's ``TrainConfig.math_dict()`` and the summary so far). Orbax writes a step
+(``meta``: the run's ``TrainConfig.math_dict()`` as ``train_config``, the caller's
+``fingerprint`` of the other inputs (``train/fingerprint.py``) and the summary so far).
+Only finite states are saved (``train.loop`` checks every step before saving). Orbax writes a step
 into a temporary directory and renames it when complete (atomic finalize), so a save interrupted
 by a crash or preemption leaves the previous complete step as ``latest_step()``; leftover
 temporary directories are removed when the manager is next opened.
@@ -44,6 +46,16 @@ class Checkpointer:
     """Saves ``state`` (a pytree of jax arrays) and ``meta`` (JSON-able) as ``step``."""
     self._mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def read_meta(self, step: int) -> dict:
+    """The JSON meta of step ``step`` alone (the state is not read)."""
+    return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def delete_all(self) -> None:
+    """Deletes every checkpoint step (only the manager's step directories, nothing else)."""
+    self._mngr.wait_until_finished()
+    for step in self._mngr.all_steps():
+      self._mngr.delete(step)
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores step ``step`` onto the shardings of ``abstract_state``.

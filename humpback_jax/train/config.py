@@ -7,9 +7,10 @@ import dataclasses
 from humpback_jax.sharding import MeshConfig
 
 # Fields that change the trained parameters; a resumed run must agree on all of them.
+# ``eval_examples`` is one of them: the held-out examples are not trained on.
 MATH_FIELDS = ("learning_rate", "end_learning_rate", "warmup_steps", "weight_decay",
                "dropout_rate", "batch_size", "num_steps", "sequence_length", "adam_b1",
-               "adam_b2", "adam_eps", "grad_clip", "seed")
+               "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +38,16 @@ class TrainConfig:
       0 disables it.
     checkpoint_every: save an orbax checkpoint every this many steps (and always at the end).
     keep_checkpoints: how many recent checkpoints to keep.
-    seed: dropout RNG seed (the data order has its own seed in ``data/tasks.py``).
+    seed: dropout RNG seed (the data order has its own seed in ``data/tasks.py``). Step ``s``
+      (0-based) draws its dropout masks from ``fold_in(PRNGKey(seed), s)``.
     log_every: fetch and record metrics every this many steps.
+    eval_every: every this many steps (and after the last step) compute the evaluation loss
+      (dropout off, nats/token) on the held-out examples and record it as ``eval_loss`` in the
+      history (``train.loop.train``); 0 = never. Needs held-out batches (``eval_examples``).
+      Does not change the trained parameters.
+    eval_examples: examples of the training file held out of training for the evaluation
+      (chosen deterministically from the data seed, ``data.tasks.make_train_iterator``'s
+      ``holdout``); 0 = none. Changes the training data, so it is a math field.
     mesh: device mesh axis sizes.
   """
 
@@ -58,6 +67,8 @@ class TrainConfig:
   keep_checkpoints: int = 2
   seed: int = 0
   log_every: int = 10
+  eval_every: int = 0
+  eval_examples: int = 0
   mesh: MeshConfig = MeshConfig()
 
   def __post_init__(self):
@@ -67,12 +78,19 @@ class TrainConfig:
       raise ValueError(f"warmup_steps must be in [0, num_steps), got {self.warmup_steps}")
     if self.checkpoint_every < 1 or self.keep_checkpoints < 1 or self.log_every < 1:
       raise ValueError("checkpoint_every, keep_checkpoints and log_every must be >= 1")
+    if self.eval_every < 0 or self.eval_examples < 0:
+      raise ValueError(f"eval_every and eval_examples must be >= 0, got {self.eval_every} and "
+                       f"{self.eval_examples}")
 
   def replace(self, **kw) -> "TrainConfig":
     return dataclasses.replace(self, **kw)
 
   def math_dict(self) -> dict:
-    """The fields that determine the trained parameters (checked when resuming)."""
+    """The fields that determine the trained parameters (checked when resuming).
+
+    Returns:
+      ``{field: value}`` for ``MATH_FIELDS`` (JSON-able: ints and floats).
+    """
     return {k: getattr(self, k) for k in MATH_FIELDS}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -21,33 +22,51 @@ BATCH_KEYS = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_wei
               "decoder_segment_ids", "decoder_positions")
 
 TrainStep = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
+EvalStep = Callable[[dict, dict], dict]
+
+
+def _all_finite(tree) -> jax.Array:
+  """bool scalar: every element of every leaf of ``tree`` is finite."""
+  return jax.tree.reduce(jnp.logical_and,
+                         jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
+                         jnp.array(True))
 
 
 def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
                   optimizer: optax.GradientTransformation) -> TrainStep:
   """The un-jitted step ``(state, batch, rng) -> (new state, metrics)``.
 
-  Dropout is on (``train_config.dropout_rate``, ``deterministic=False``). ``rng`` is the dropout
-  key of this step; the loop derives it from ``(seed, step)`` so a resumed run draws the same
-  masks. Metrics: ``loss``, ``loss_sum``, ``num_tokens``, ``accuracy`` (see ``loss.py``),
-  ``grad_norm`` (before clipping) and ``learning_rate`` (the rate this update used).
+  Dropout is on (``train_config.dropout_rate``, ``deterministic=False``). ``rng`` is the run's
+  base dropout key (the loop passes ``PRNGKey(train_config.seed)`` at every step); the step
+  draws its masks from ``jax.random.fold_in(rng, state.step)``, so every step has its own masks
+  and a run resumed from a checkpoint (which restores ``state.step``) draws the same ones as an
+  uninterrupted run.
+
+  Metrics (f32 scalars unless said): ``loss``, ``loss_sum``, ``num_tokens``, ``accuracy`` (see
+  ``loss.py``), ``grad_norm`` (before clipping), ``learning_rate`` (the rate this update used)
+  and ``finite`` (bool: loss, grad_norm and every updated parameter are finite; the loop stops
+  on False and never checkpoints such a state).
   """
   model = Llama(model_config.replace(dropout_rate=train_config.dropout_rate),
                 deterministic=False)
   schedule = learning_rate_schedule(train_config)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
+    step_rng = jax.random.fold_in(rng, state.step)
+
     def loss_fn(params):
       logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
-                              batch["decoder_segment_ids"], rngs={"dropout": rng})
+                              batch["decoder_segment_ids"], rngs={"dropout": step_rng})
       return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
                                     batch["decoder_loss_weights"])
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state.step))
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params)
+    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   finite=finite)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step
@@ -63,8 +82,9 @@ def make_train_step(model_config: LlamaConfig, train_config: TrainConfig,
     state_shardings: ``TrainState`` of ``NamedSharding`` (``state.state_shardings``).
   Returns:
     ``train_step(state, batch, rng) -> (state, metrics)``; ``batch`` maps ``BATCH_KEYS`` to
-    int32 [rows, T] arrays with rows divisible by ``data * fsdp``; metrics are replicated f32
-    scalars.
+    int32 [rows, T] arrays with rows divisible by ``data * fsdp``; ``rng`` is the run's base
+    dropout key (the same at every step; the step folds in ``state.step``); metrics are
+    replicated f32 scalars, except ``finite`` (bool).
   """
   rep = shd.replicated(mesh)
   batch_shard = {k: shd.batch_sharding(mesh, rules) for k in BATCH_KEYS}
@@ -72,3 +92,39 @@ def make_train_step(model_config: LlamaConfig, train_config: TrainConfig,
                  in_shardings=(state_shardings, batch_shard, rep),
                  out_shardings=(state_shardings, rep),
                  donate_argnums=0)
+
+
+def eval_step_fn(model_config: LlamaConfig) -> EvalStep:
+  """The un-jitted evaluation step ``(params, batch) -> sums`` (dropout off).
+
+  Returns:
+    f32 scalars ``loss_sum`` (sum of weighted token cross-entropies, nats), ``num_tokens`` (sum
+    of loss weights) and ``correct`` (weighted argmax hits); the loop sums them over the
+    held-out batches, so the evaluation loss is a token-level mean like the training loss.
+  """
+  model = Llama(model_config.replace(dropout_rate=0.0), deterministic=True)
+
+  def step(params, batch: dict):
+    logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
+                            batch["decoder_segment_ids"])
+    _, m = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                  batch["decoder_loss_weights"])
+    return {"loss_sum": m["loss_sum"], "num_tokens": m["num_tokens"],
+            "correct": m["accuracy"] * jnp.maximum(m["num_tokens"], 1.0)}
+
+  return step
+
+
+def make_eval_step(model_config: LlamaConfig, mesh: Mesh, param_shardings,
+                   rules: shd.LogicalRules = shd.DEFAULT_LOGICAL_AXIS_RULES) -> EvalStep:
+  """``jax.jit`` of ``eval_step_fn`` (params are not donated).
+
+  Args:
+    param_shardings: ``NamedSharding`` tree of ``{"params": ...}`` (``TrainState.params``).
+  Returns:
+    ``eval_step(params, batch) -> sums``; ``batch`` as for the train step; replicated outputs.
+  """
+  rep = shd.replicated(mesh)
+  batch_shard = {k: shd.batch_sharding(mesh, rules) for k in BATCH_KEYS}
+  return jax.jit(eval_step_fn(model_config), in_shardings=(param_shardings, batch_shard),
+                 out_shardings=rep)
