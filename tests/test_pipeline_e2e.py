@@ -13,6 +13,7 @@ import pytest
 
 from humpback_jax import jsonl, paths
 from humpback_jax.cli import main
+from numerics import logit_tol
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SMOKE = str(REPO / "configs" / "smoke.gin")
@@ -167,7 +168,8 @@ def test_export_loads_in_transformers(run_dir):
     ref = hf(torch.tensor(toks)).logits.numpy()
   pos = np.broadcast_to(np.arange(17), toks.shape)
   ours = np.asarray(Llama(cfg).apply(jax.tree.map(np.asarray, params), toks, pos)[0])
-  np.testing.assert_allclose(ours, ref, atol=1e-4)
+  np.testing.assert_allclose(ours, ref, atol=logit_tol("float32", cfg.num_layers,
+                                                      float(np.abs(ref).max()), runs=2))
   # M2 was trained: it differs from the base checkpoint.
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params),
                                                    jax.tree.leaves(base)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import pathlib
 
 import jax
@@ -16,6 +15,7 @@ import pytest
 from humpback_jax.data import tasks, templates
 from humpback_jax.models.config import LlamaConfig
 from humpback_jax.models.llama import Llama, init_params
+from numerics import logit_tol
 
 WEIGHTS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "weights"
 
@@ -218,8 +218,8 @@ def test_packed_loss_equals_sum_of_unpacked_losses(tok, seed_path, dtype):
     assert packed_logits.dtype == np.dtype(dtype)
     w = b["decoder_loss_weights"]
     packed_sum = float(jnp.sum(packed_ce * w))
-    # Two independently rounded forward passes: test_convert.logit_tol with runs=2 (c = 32).
-    tol = 2 * 32 * eps * math.sqrt(cfg.num_layers) * float(jnp.abs(packed_logits).max())
+    # Two independently rounded forward passes.
+    tol = logit_tol(dtype, cfg.num_layers, float(jnp.abs(packed_logits).max()), runs=2)
     alone_sum = 0.0
     for _, _, sl in segments(batch):
       n = sl.stop - sl.start

@@ -115,8 +115,10 @@ class Attention(nn.Module):
     new_cache = None
     if layer_cache is not None:
       k_cache, v_cache = layer_cache
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, cache_index, 0, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, cache_index, 0, 0))
+      zero = jnp.zeros((), cache_index.dtype)  # offsets share one int dtype (also with x64)
+      at = (zero, cache_index, zero, zero)
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
       new_cache = (k, v)
 
     b, t = q.shape[:2]
@@ -192,7 +194,7 @@ class Llama(nn.Module):
       left-padded prompts that is every row's next-token distribution, without materializing
       [B, T, V] (1 GiB at B=8, T=1024, V=32000).
   Returns:
-    (logits float32 [B, T, V] (or [B, 1, V]), new cache or None).
+    (logits float32 [B, T, V] (or [B, 1, V]; float64 for a float64 model), new cache or None).
   """
 
   config: LlamaConfig
@@ -221,7 +223,8 @@ class Llama(nn.Module):
     else:
       cache_index = cache["index"]
       kv_segments = jax.lax.dynamic_update_slice(
-          cache["segment_ids"], segment_ids.astype(jnp.int32), (0, cache_index))
+          cache["segment_ids"], segment_ids.astype(jnp.int32),
+          (jnp.zeros((), cache_index.dtype), cache_index))
       s = kv_segments.shape[1]
       mask = attention_mask(segment_ids, kv_segments, cache_index + jnp.arange(t, dtype=jnp.int32),
                             jnp.arange(s, dtype=jnp.int32))
