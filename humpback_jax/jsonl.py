@@ -28,6 +28,12 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
     FileNotFoundError: the file does not exist.
     JsonlError: a line is not valid JSON or not an object (message: ``file:line: what``).
   """
+  for _, record in iter_jsonl_numbered(path):
+    yield record
+
+
+def iter_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+  """As ``iter_jsonl``, yielding (1-based line number, record) for messages about a record."""
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
@@ -38,7 +44,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
         raise JsonlError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
       if not isinstance(record, dict):
         raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-      yield record
+      yield lineno, record
 
 
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:

@@ -7,7 +7,6 @@ file before the next starts, so a killed run resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
@@ -29,18 +28,7 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
       and line.
   """
   pairs, seen = [], {}
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
-  for lineno, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise jsonl.JsonlError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-    if not isinstance(record, dict):
-      raise jsonl.JsonlError(f"{path}:{lineno}: expected a JSON object, got "
-                             f"{type(record).__name__}")
+  for lineno, record in jsonl.iter_jsonl_numbered(path):
     for key in ("instruction", "response"):
       if not isinstance(record.get(key), str) or not record[key].strip():
         raise jsonl.JsonlError(f"{path}:{lineno}: field {key!r} must be a non-empty string, got "
