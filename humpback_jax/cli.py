@@ -97,7 +97,7 @@ def _score(args, progress: bool) -> int:
         sampler, params, tokenizer, pairs, n=args.sanity_pairs, seed=args.seed)
     if summary["judge_sanity"]["warning"]:
       logging.warning("%s", summary["judge_sanity"]["warning"])
-  print(json.dumps(summary))
+  print(json.dumps(summary, allow_nan=False))
   return 0
 
 

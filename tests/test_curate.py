@@ -186,7 +186,9 @@ def test_curation_stats_hand_computed():
   assert st["logprob_scored"] == 1 and st["ratings_unfinished"] == 1
   assert st["A_5"] == 1 and st["A_4"] == 2
   assert st["histogram"] == {"1": 0, "2": 0, "3": 1, "4": 1, "5": 1, "invalid": 1}
-  assert math.isnan(curate.curation_stats([])["parse_logprob_agreement"])
+  empty = curate.curation_stats([])
+  assert empty["parse_logprob_agreement"] is None and empty["validity_rate"] is None
+  assert json.loads(json.dumps(empty, allow_nan=False)) == empty  # valid JSON (no NaN)
 
 
 def test_derangement():

@@ -163,9 +163,10 @@ def curation_stats(records: Sequence[dict]) -> dict:
   """Summary of one curation pass, for the manifest and the report.
 
   Returns:
-    ``scored`` (records), ``histogram`` (``score_histogram``), ``validity_rate``,
-    ``parse_logprob_agreement`` (share of records with a parsed score whose log-prob arg-max
-    equals it; nan if none) and ``agreement_pairs`` (how many had both), ``mean_digit_mass``,
+    ``scored`` (records), ``histogram`` (``score_histogram``), ``validity_rate`` (None without
+    generated ratings), ``parse_logprob_agreement`` (share of records with a parsed score whose
+    log-prob arg-max equals it; None if none) and ``agreement_pairs`` (how many had both),
+    ``mean_digit_mass``,
     ``mean_expected_score``, ``logprob_scored`` (records whose score came from the log-prob
     read-out), ``ratings_unfinished`` (generated ratings cut by ``max_new_tokens``),
     ``truncated_prompts`` (rating prompts that lost their middle to fit), ``A_5``
@@ -175,15 +176,16 @@ def curation_stats(records: Sequence[dict]) -> dict:
   mass = [r["digit_mass"] for r in records if r.get("digit_mass") is not None]
   expected = [r["expected_score"] for r in records if r.get("expected_score") is not None]
   scores = [r.get("score") for r in records]
+  mean = lambda xs: float(np.mean(xs)) if len(xs) else None  # JSON has no NaN
+  validity = validity_rate(records)
   return {
       "scored": len(records),
       "histogram": score_histogram(records),
-      "validity_rate": validity_rate(records),
-      "parse_logprob_agreement": (float(np.mean([r["score"] == r["logprob_score"]
-                                                 for r in both])) if both else float("nan")),
+      "validity_rate": None if np.isnan(validity) else validity,
+      "parse_logprob_agreement": mean([r["score"] == r["logprob_score"] for r in both]),
       "agreement_pairs": len(both),
-      "mean_digit_mass": float(np.mean(mass)) if mass else float("nan"),
-      "mean_expected_score": float(np.mean(expected)) if expected else float("nan"),
+      "mean_digit_mass": mean(mass),
+      "mean_expected_score": mean(expected),
       "logprob_scored": sum(1 for r in records if r.get("source") == "logprob"),
       "ratings_unfinished": sum(1 for r in records if r.get("rating_finished") is False),
       "truncated_prompts": sum(1 for r in records if r.get("prompt_truncated")),
