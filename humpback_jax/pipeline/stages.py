@@ -166,12 +166,12 @@ def augment(ctx: RunContext) -> dict:
   unfinished = [r for r in records if r["instruction"] and not r.get("finished", True)]
   kept = [r for r in records if r["instruction"]
           and (r.get("finished", True) or not cfg.drop_unfinished)]
-  jsonl.write_jsonl(kept, ctx.path("data/candidates.jsonl"))
-  like = sum(looks_like_instruction(r["instruction"]) for r in kept)
   if not kept:
     raise ValueError(f"augment: no candidate left of {len(records)} generations "
                      f"({len(empty)} empty, {len(unfinished)} cut at "
                      f"GenerationConfig.max_new_tokens={cfg.max_new_tokens})")
+  jsonl.write_jsonl(kept, ctx.path("data/candidates.jsonl"))
+  like = sum(looks_like_instruction(r["instruction"]) for r in kept)
   return {"count": len(kept), "segments": len(segments),
           "dropped_empty_instruction": len(empty),
           "unfinished": len(unfinished),
