@@ -77,6 +77,8 @@ CASES = [
     ("A perceptive and critical assessment of climate-related challenges in Delhi.", "other",
      "no_asking_sentence"),
     ("Dashlane.", "other", "too_short"),
+    ("What is the most likely question to which the text below would be a great answer?",
+     "other", "prompt_echo"),
     ("Alibaba is set to raise up to $12.9bn (\u00a310bn) from its record-breaking second listing "
      "in Hong Kong. The deal is a significant boost to Hong Kong\u2019s bourse, which has been "
      "hit by months of anti-government protests.", "other", "no_asking_sentence"),
