@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from humpback_jax.data import tasks, templates
+from humpback_jax.data import iterator, tasks, templates
 from humpback_jax.models.config import LlamaConfig
 from humpback_jax.models.llama import Llama, init_params
 from numerics import logit_tol
@@ -128,7 +128,7 @@ def test_packing_features_are_exact(tok, seed_path):
   task = tasks.forward_task("test_seed_fwd", [(str(seed_path), (templates.TAG_ASSISTANT,))],
                             tok)
   seq_len = 160
-  it = tasks.make_train_iterator(task, tok, sequence_length=seq_len, batch_size=4, seed=3,
+  it = iterator.make_train_iterator(task, tok, sequence_length=seq_len, batch_size=4, seed=3,
                                  num_epochs=1, rows_per_batch=1)
   batches = all_batches(it)
   expected = [expected_forward(tok, r, (templates.TAG_ASSISTANT,)) for r in RECORDS]
@@ -148,7 +148,7 @@ def test_tags_in_forward_inputs_and_seed_plus_augmented(tok, seed_path, aug_path
                      "seed_augmented_forward"}
   ts2 = tasks.register_humpback_tasks(tok, seed_path, aug_path, prefix="t_")  # re-register
   assert ts2["seed_forward"].name == "t_seed_forward"
-  inputs, targets = tasks.tokenized_examples(ts["seed_augmented_forward"])
+  inputs, targets = iterator.tokenized_examples(ts["seed_augmented_forward"])
   assert len(inputs) == len(RECORDS) + 2
   prompts = [tok.decode(i) for i in inputs]
   for p, rec in zip(prompts[:len(RECORDS)], RECORDS):
@@ -168,7 +168,7 @@ def test_tags_in_forward_inputs_and_seed_plus_augmented(tok, seed_path, aug_path
 def test_backward_task_loss_on_instruction_only(tok, seed_path):
   task = tasks.backward_task("test_seed_bwd", seed_path, tok)
   seq_len = 320
-  it = tasks.make_train_iterator(task, tok, sequence_length=seq_len, batch_size=4, seed=0,
+  it = iterator.make_train_iterator(task, tok, sequence_length=seq_len, batch_size=4, seed=0,
                                  num_epochs=1, rows_per_batch=1)
   batches = all_batches(it)
   expected = [(tok.encode(templates.backward_prompt(tok, r["response"]), add_bos=False),
@@ -192,7 +192,7 @@ def test_packed_loss_equals_sum_of_unpacked_losses(tok, seed_path, dtype):
   the two agree to float64 rounding; tolerances are rounding bounds, not absolute numbers."""
   task = tasks.forward_task("test_seed_fwd2", [(str(seed_path), (templates.TAG_ASSISTANT,))],
                             tok)
-  it = tasks.make_train_iterator(task, tok, sequence_length=400, batch_size=4, seed=1,
+  it = iterator.make_train_iterator(task, tok, sequence_length=400, batch_size=4, seed=1,
                                  num_epochs=1, rows_per_batch=1)
   batch = max(all_batches(it), key=lambda b: b["decoder_segment_ids"].max())
   assert batch["decoder_segment_ids"].max() >= 3
@@ -247,7 +247,7 @@ def test_length_policies_are_counted(tok, tmp_path):
   path = write_jsonl(tmp_path / "long.jsonl", recs)
   seq_len = 96
   prompt1 = tok.encode(templates.forward_prompt(tok, recs[1]["instruction"]), add_bos=False)
-  it = tasks.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
+  it = iterator.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
                                  num_epochs=1, rows_per_batch=1, length_policy="truncate")
   batches = all_batches(it)
   assert it.stats["truncated_per_epoch"] == 1 and it.stats["dropped_per_epoch"] == 1
@@ -259,12 +259,12 @@ def test_length_policies_are_counted(tok, tmp_path):
   assert t["decoder_loss_weights"].sum() == seq_len - len(prompt1)
   assert t["decoder_loss_weights"][-1] == 1
 
-  it = tasks.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
+  it = iterator.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
                                  num_epochs=1, rows_per_batch=1, length_policy="drop")
   assert len(all_batches(it)) == 1
   assert it.stats["dropped_per_epoch"] == 2 and it.stats["examples_seen"] == 1
   with pytest.raises(ValueError, match="length_policy"):
-    tasks.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
+    iterator.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
                               length_policy="left")
 
 
@@ -273,7 +273,7 @@ def test_fit_policy_cuts_the_prompt_middle_and_keeps_the_target(tok, tmp_path):
   recs = [{"instruction": "What is X?", "response": "A" * 150 + "B" * 150}]
   path = write_jsonl(tmp_path / "back.jsonl", recs)
   seq_len = 96
-  it = tasks.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
+  it = iterator.make_train_iterator(path, tok, sequence_length=seq_len, batch_size=1, seed=0,
                                  num_epochs=1, rows_per_batch=1, kind="backward")
   (b,) = all_batches(it)
   assert it.stats["truncated_per_epoch"] == 1 and it.stats["dropped_per_epoch"] == 0
@@ -295,11 +295,11 @@ def test_iterator_is_deterministic_and_resumable(tok, seed_path, aug_path):
   task = tasks.register_humpback_tasks(tok, seed_path, aug_path, prefix="d_")[
       "seed_augmented_forward"]
   kw = dict(sequence_length=128, batch_size=4, seed=7)
-  a = tasks.make_train_iterator(task, tok, **kw)
+  a = iterator.make_train_iterator(task, tok, **kw)
   first = [next(a) for _ in range(6)]  # crosses epoch boundaries (10 examples / epoch)
-  b = tasks.make_train_iterator(task, tok, **kw)
+  b = iterator.make_train_iterator(task, tok, **kw)
   again = [next(b) for _ in range(6)]
-  c = tasks.make_train_iterator(task, tok, start_step=4, **kw)
+  c = iterator.make_train_iterator(task, tok, start_step=4, **kw)
   resumed = [next(c) for _ in range(2)]
   for x, y in zip(first, again):
     for k in x:
@@ -307,18 +307,18 @@ def test_iterator_is_deterministic_and_resumable(tok, seed_path, aug_path):
   for x, y in zip(first[4:], resumed):
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
-  other = tasks.make_train_iterator(task, tok, **dict(kw, seed=8))
+  other = iterator.make_train_iterator(task, tok, **dict(kw, seed=8))
   assert any(not np.array_equal(x["decoder_input_tokens"], next(other)["decoder_input_tokens"])
              for x in first)
   # rows per batch respect the mesh multiple; ~batch_size examples per step
-  d = tasks.make_train_iterator(task, tok, row_multiple=4, **kw)
+  d = iterator.make_train_iterator(task, tok, row_multiple=4, **kw)
   assert d.rows_per_batch % 4 == 0 and next(d)["decoder_input_tokens"].shape[0] == \
       d.rows_per_batch
 
 
 def test_unpacked_rows_hold_one_example(tok, seed_path):
   task = tasks.forward_task("test_seed_fwd3", [(str(seed_path), ())], tok)
-  it = tasks.make_train_iterator(task, tok, sequence_length=128, batch_size=4, seed=0,
+  it = iterator.make_train_iterator(task, tok, sequence_length=128, batch_size=4, seed=0,
                                  num_epochs=1, pack=False)
   batches = all_batches(it)
   assert len(batches) == len(RECORDS) // 4
@@ -352,7 +352,7 @@ def test_llama2c_tokenizer_task(seed_path):
   from humpback_jax.tokenizers import Llama2cTokenizer
   tok = Llama2cTokenizer(WEIGHTS / "tok512.bin")
   task = tasks.forward_task("test_l2c_fwd", [(str(seed_path), (templates.TAG_ASSISTANT,))], tok)
-  it = tasks.make_train_iterator(task, tok, sequence_length=256, batch_size=4, seed=0,
+  it = iterator.make_train_iterator(task, tok, sequence_length=256, batch_size=4, seed=0,
                                  num_epochs=1, rows_per_batch=1)
   expected = [expected_forward(tok, r, (templates.TAG_ASSISTANT,)) for r in RECORDS]
   seen = check_rows(all_batches(it), expected, tok, 256)
@@ -370,10 +370,10 @@ def _examples_in(batches):
 
 def test_holdout_examples_are_never_trained_on(tok, seed_path, tmp_path):
   kw = dict(sequence_length=128, batch_size=4, seed=3, kind="forward")
-  full = tasks.make_train_iterator(seed_path, tok, **kw)
+  full = iterator.make_train_iterator(seed_path, tok, **kw)
   everything = _examples_in([next(full) for _ in range(12)])
   assert len(everything) == len(RECORDS)
-  it = tasks.make_train_iterator(seed_path, tok, holdout=3, **kw)
+  it = iterator.make_train_iterator(seed_path, tok, holdout=3, **kw)
   assert it.stats["heldout_examples"] == 3 and it.stats["examples_per_epoch"] == 5
   held = _examples_in(it.eval_batches)
   trained = _examples_in([next(it) for _ in range(12)])  # several epochs
@@ -383,25 +383,25 @@ def test_holdout_examples_are_never_trained_on(tok, seed_path, tmp_path):
       assert b[k].shape == (it.rows_per_batch, 128) and b[k].dtype == np.int32
   check_rows(it.eval_batches, [expected_forward(tok, r, ()) for r in RECORDS], tok, 128)
   # deterministic given the seed; another seed holds out other examples
-  again = tasks.make_train_iterator(seed_path, tok, holdout=3, **kw)
+  again = iterator.make_train_iterator(seed_path, tok, holdout=3, **kw)
   assert _examples_in(again.eval_batches) == held
-  others = [_examples_in(tasks.make_train_iterator(seed_path, tok, holdout=3,
+  others = [_examples_in(iterator.make_train_iterator(seed_path, tok, holdout=3,
                                                    **dict(kw, seed=s)).eval_batches)
             for s in (4, 5, 6)]
   assert any(o != held for o in others)
   # a verbatim copy of a held-out example is not trained on either
   dup = write_jsonl(tmp_path / "dup.jsonl", RECORDS + RECORDS)
-  d = tasks.make_train_iterator(dup, tok, holdout=1, **kw)
+  d = iterator.make_train_iterator(dup, tok, holdout=1, **kw)
   assert d.stats["heldout_duplicates_excluded"] == 1 and d.stats["examples_per_epoch"] == 14
   assert not _examples_in(d.eval_batches) & _examples_in([next(d) for _ in range(12)])
   with pytest.raises(ValueError, match="nothing to train on"):
-    tasks.make_train_iterator(seed_path, tok, holdout=len(RECORDS), **kw)
+    iterator.make_train_iterator(seed_path, tok, holdout=len(RECORDS), **kw)
 
 
 def test_holdout_zero_keeps_the_training_batches(tok, seed_path):
   kw = dict(sequence_length=128, batch_size=4, seed=7, kind="forward")
-  a = tasks.make_train_iterator(seed_path, tok, **kw)
-  b = tasks.make_train_iterator(seed_path, tok, holdout=0, **kw)
+  a = iterator.make_train_iterator(seed_path, tok, **kw)
+  b = iterator.make_train_iterator(seed_path, tok, holdout=0, **kw)
   assert b.eval_batches is None and b.stats["heldout_examples"] == 0
   for _ in range(5):
     x, y = next(a), next(b)

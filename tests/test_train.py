@@ -236,7 +236,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(params0, tmp_path):
 
 def test_memorizes_a_tiny_task(params0, tmp_path, one_device):
   """End to end: JSONL -> seqio task -> packed batches -> train; the loss falls."""
-  from humpback_jax.data import tasks
+  from humpback_jax.data import iterator, tasks
   from test_tasks import RECORDS, ByteTok, write_jsonl
 
   tok = ByteTok()
@@ -247,7 +247,7 @@ def test_memorizes_a_tiny_task(params0, tmp_path, one_device):
   iters = []
 
   def batches_fn(start):
-    iters.append(tasks.make_train_iterator(task, tok, sequence_length=128, batch_size=4,
+    iters.append(iterator.make_train_iterator(task, tok, sequence_length=128, batch_size=4,
                                            seed=0, start_step=start))
     return iters[-1]
 
@@ -257,7 +257,7 @@ def test_memorizes_a_tiny_task(params0, tmp_path, one_device):
   assert summary["data"]["examples_per_epoch"] == 4 and summary["data"]["batches"] == 30
   # returned params are host arrays usable by Llama.apply
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
-  b = next(tasks.make_train_iterator(task, tok, sequence_length=128, batch_size=4, seed=0))
+  b = next(iterator.make_train_iterator(task, tok, sequence_length=128, batch_size=4, seed=0))
   logits, _ = Llama(CFG).apply(params, b["decoder_input_tokens"], b["decoder_positions"],
                                b["decoder_segment_ids"])
   loss, _ = weighted_cross_entropy(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
@@ -423,7 +423,7 @@ def test_eval_loss_is_the_deterministic_held_out_loss(params0, tmp_path, one_dev
 
 def test_fine_tune_reuses_only_what_the_same_inputs_produced(params0, tmp_path):
   """Pipeline level: data hash + base model id in checkpoint and params; held-out eval."""
-  from humpback_jax.data import tasks
+  from humpback_jax.data import iterator
   from humpback_jax.pipeline import training
   from humpback_jax.train import InputsChangedError
   from test_tasks import RECORDS, ByteTok, write_jsonl
@@ -438,7 +438,7 @@ def test_fine_tune_reuses_only_what_the_same_inputs_produced(params0, tmp_path):
   assert s["steps_run"] == 2 and s["data"]["heldout_examples"] == 2
   # the final eval loss is the deterministic loss of the saved params on the held-out examples
   _, saved = training.load_trained(tmp_path / "M0", CFG, params0)
-  held = tasks.make_train_iterator(data, tok, sequence_length=128, batch_size=4, seed=0,
+  held = iterator.make_train_iterator(data, tok, sequence_length=128, batch_size=4, seed=0,
                                    row_multiple=4, holdout=2).eval_batches
   sums = [_ref_loss(saved, b) for b in held]
   assert s["final_eval_loss"] == pytest.approx(sum(t for t, _ in sums) / sum(n for _, n in sums),

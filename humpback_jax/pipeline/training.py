@@ -95,7 +95,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
     tokenizer: the base LM's tokenizer (``humpback_jax.tokenizers``).
     train_file: JSONL of ``{"id", "instruction", "response", "tags"}``. With
       ``train_config.eval_examples = k > 0``, k of its examples are held out of training and
-      evaluated every ``train_config.eval_every`` steps (``data.tasks.make_train_iterator``).
+      evaluated every ``train_config.eval_every`` steps (``data.iterator.make_train_iterator``).
     direction: "forward" (M0/M1/M2) or "backward" (M_yx).
     train_config: ``train.config.TrainConfig``.
     model_dir: output directory (``ckpt/`` and ``params/`` inside).
@@ -125,7 +125,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
     raise ValueError(f"eval_every={train_config.eval_every} needs held-out examples: set "
                      f"TrainConfig.eval_examples > 0")
   from humpback_jax import sharding
-  from humpback_jax.data.tasks import make_train_iterator
+  from humpback_jax.data.iterator import make_train_iterator
   from humpback_jax.train.loop import train
 
   model_dir = pathlib.Path(model_dir)

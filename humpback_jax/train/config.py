@@ -31,14 +31,14 @@ class TrainConfig:
     dropout_rate: residual dropout in training, 0.1 ([HB] Table 18).
     batch_size: training examples per optimizer step, 32 ([HB] Table 18; 8 below 3,000
       examples, see ``paper_batch_size``). With packing the data pipeline picks the number of
-      rows so that a step holds about this many examples (``data/tasks.py``).
+      rows so that a step holds about this many examples (``data/iterator.py``).
     adam_b1, adam_b2, adam_eps: AdamW moments. Not reported by [HB]; 0.9 / 0.95 from LIMA §3
       (also LLaMA pre-training), eps 1e-8 (optax default).
     grad_clip: global-norm gradient clipping; 1.0 (not reported; LLaMA pre-training's value).
       0 disables it.
     checkpoint_every: save an orbax checkpoint every this many steps (and always at the end).
     keep_checkpoints: how many recent checkpoints to keep.
-    seed: dropout RNG seed (the data order has its own seed in ``data/tasks.py``). Step ``s``
+    seed: dropout RNG seed (the data order has its own seed in ``data/iterator.py``). Step ``s``
       (0-based) draws its dropout masks from ``fold_in(PRNGKey(seed), s)``.
     log_every: fetch and record metrics every this many steps.
     eval_every: every this many steps (and after the last step) compute the evaluation loss
@@ -46,7 +46,7 @@ class TrainConfig:
       history (``train.loop.train``); 0 = never. Needs held-out batches (``eval_examples``).
       Does not change the trained parameters.
     eval_examples: examples of the training file held out of training for the evaluation
-      (chosen deterministically from the data seed, ``data.tasks.make_train_iterator``'s
+      (chosen deterministically from the data seed, ``data.iterator.make_train_iterator``'s
       ``holdout``); 0 = none. Changes the training data, so it is a math field.
     mesh: device mesh axis sizes.
   """

@@ -142,7 +142,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
     batches_fn: ``batches_fn(start_step)`` returns an iterator over training batches starting
       at batch index ``start_step`` (the data already consumed by the restored checkpoint is
       skipped deterministically); each batch maps ``BATCH_KEYS`` to int32 [rows,
-      sequence_length] numpy arrays (``data.tasks.make_train_iterator``). It must yield at
+      sequence_length] numpy arrays (``data.iterator.make_train_iterator``). It must yield at
       least ``num_steps - start_step`` batches. If the iterator has a ``stats`` dict attribute
       it is copied into the summary; if it has a non-None ``eval_batches`` attribute (a
       ``TrainIterator`` built with ``holdout``) and ``eval_batches`` is None, those are the
@@ -241,7 +241,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
         if eval_batches is None:
           raise ValueError(f"eval_every={cfg.eval_every} but there are no held-out batches: "
                            f"pass eval_batches, or hold out TrainConfig.eval_examples examples "
-                           f"(data.tasks.make_train_iterator(holdout=...))")
+                           f"(data.iterator.make_train_iterator(holdout=...))")
         device_eval = [{k: jax.device_put(np.asarray(b[k], np.int32), batch_shard)
                         for k in BATCH_KEYS}
                        for b in _eval_batches_checked(eval_batches, cfg, row_multiple)]
