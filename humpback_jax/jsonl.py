@@ -11,8 +11,10 @@ import os
 import pathlib
 from typing import Iterable, Iterator
 
+from humpback_jax.errors import InputError
 
-class JsonlError(ValueError):
+
+class JsonlError(InputError):
   """A JSONL file has a line that is not a JSON object; names file and 1-based line."""
 
 

@@ -43,6 +43,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from humpback_jax import paths
+from humpback_jax.errors import InputError
 
 __all__ = [
     "SeedFormatError",
@@ -89,7 +90,7 @@ DROP_OVER_MAX_EXAMPLES = "over_max_examples"
 _WHITESPACE = re.compile(r"\s+")
 
 
-class SeedFormatError(ValueError):
+class SeedFormatError(InputError):
   """A seed or evaluation file is malformed (bad JSON, missing or mistyped required field)."""
 
 
