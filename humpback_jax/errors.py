@@ -17,3 +17,19 @@ class StaleStateError(RuntimeError):
   """A finished stage's recorded inputs or config differ from the current ones and the user
   asked to be told (``--on_change=error``) rather than to rerun it; the message names what
   changed."""
+
+
+class DiskFullError(OSError):
+  """A write failed for lack of space (``ENOSPC``/``EDQUOT``); the message names the file and
+  says what was kept. Everything already committed (finished chunks, earlier checkpoints,
+  earlier stages) stays valid: free space and rerun to resume."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """True for an ``OSError`` (or one it wraps, e.g. inside orbax) of errno ENOSPC or EDQUOT."""
+  import errno
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+      return True
+    e = e.__cause__ or e.__context__
+  return False

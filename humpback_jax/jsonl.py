@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
-from humpback_jax.errors import InputError
+from humpback_jax.errors import DiskFullError, InputError, is_disk_full
 
 
 class JsonlError(InputError):
@@ -54,27 +54,56 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
 
   Returns:
     The number of records written.
+  Raises:
+    DiskFullError: the disk filled up; the temporary file is removed and ``path`` is left as
+      it was.
+    InputError: a record holds text that cannot be written as UTF-8 (a lone surrogate); the
+      message names the record's position and id.
   """
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
   n = 0
-  with open(tmp, "w", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-      n += 1
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      for r in records:
+        f.write(_dumps(r, path, n + 1))
+        n += 1
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException as e:
+    tmp.unlink(missing_ok=True)
+    if is_disk_full(e):
+      raise DiskFullError(e.errno if isinstance(e, OSError) else 28,
+                          f"{path}: disk full after {n} records ({e}); the file was left as "
+                          "it was; free space and rerun") from e
+    raise
   return n
 
 
+def _dumps(record: dict, path, n: int) -> str:
+  line = json.dumps(record, ensure_ascii=False) + "\n"
+  try:
+    line.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise InputError(f"{path}: record {n} (id {record.get('id')!r}) holds text that is not "
+                     f"valid Unicode ({e.reason} at character {e.start})") from e
+  return line
+
+
 class JsonlAppender:
-  """Append-only writer for a stage's partial output; each ``append`` is flushed.
+  """Append-only writer for a stage's partial output; each ``append`` is flushed and fsynced.
 
   On restart, ``done_ids`` gives the ids already written, so the stage resumes where it
-  stopped. A torn last line (the process died mid-write) is detected and dropped, with the count
-  kept in ``torn_lines``.
+  stopped. A torn line (the process died mid-write: not valid JSON, or a last line without
+  its newline) is dropped and a second record with an id already seen is dropped, counted in
+  ``torn_lines`` and ``duplicate_lines``; the file is rewritten without them, so every id is
+  written once.
+
+  Raises (``append``):
+    DiskFullError: the disk filled up mid-append; the records of earlier appends are kept and
+      the torn line is dropped on the next open.
   """
 
   def __init__(self, path: str | os.PathLike, id_key: str = "id"):
@@ -82,34 +111,75 @@ class JsonlAppender:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self.id_key = id_key
     self.torn_lines = 0
+    self.duplicate_lines = 0
     self.records: list[dict] = []
+    self.done_ids: set = set()
     if self.path.exists():
-      good = []
-      with open(self.path, encoding="utf-8") as f:
+      with open(self.path, encoding="utf-8", errors="replace") as f:
         for line in f:
           try:
-            good.append(json.loads(line))
-          except json.JSONDecodeError:
+            if not line.endswith("\n"):
+              raise ValueError("no newline")
+            record = json.loads(line)
+            rid = record[id_key]
+          except (ValueError, KeyError, TypeError):
             self.torn_lines += 1
-      self.records = good
-      if self.torn_lines:  # rewrite without the torn tail
-        write_jsonl(good, self.path)
-    self.done_ids = {r[id_key] for r in self.records}
+            continue
+          if rid in self.done_ids:
+            self.duplicate_lines += 1
+            continue
+          self.done_ids.add(rid)
+          self.records.append(record)
+      if self.torn_lines or self.duplicate_lines:  # rewrite without them
+        write_jsonl(self.records, self.path)
     self._f = open(self.path, "a", encoding="utf-8")
 
   def append(self, records: Iterable[dict]) -> None:
-    for r in records:
-      self._f.write(json.dumps(r, ensure_ascii=False) + "\n")
-      self.records.append(r)
-      self.done_ids.add(r[self.id_key])
-    self._f.flush()
-    os.fsync(self._f.fileno())
+    try:
+      for r in records:
+        self._f.write(_dumps(r, self.path, len(self.records) + 1))
+        self.records.append(r)
+        self.done_ids.add(r[self.id_key])
+      self._f.flush()
+      os.fsync(self._f.fileno())
+    except OSError as e:
+      if is_disk_full(e):
+        raise DiskFullError(e.errno, f"{self.path}: disk full while appending ({e}); the "
+                            "records of earlier chunks are kept; free space and rerun to "
+                            "resume") from e
+      raise
 
   def close(self) -> None:
-    self._f.close()
+    try:
+      self._f.close()
+    except OSError:  # the buffered tail of a failed append; dropped as torn on the next open
+      pass
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
     self.close()
+
+
+def pending_chunks(items: Sequence[dict], done_ids, chunk_size: int,
+                   id_key: str = "id") -> Iterator[tuple[int, list[dict]]]:
+  """The fixed chunks of ``items`` that still hold an item whose id is not in ``done_ids``.
+
+  Chunk j is ``items[j * chunk_size:(j + 1) * chunk_size]``: its place in the WHOLE input,
+  never in what remains after a restart, so a resumed stage computes every record in the same
+  company (same batches, same padded widths, hence bit-identical numerics) as an uninterrupted
+  run. A chunk cut short by a kill is recomputed whole; the caller appends only its missing
+  records.
+
+  Yields:
+    ``(j, chunk)`` in input order.
+  Raises:
+    ValueError: ``chunk_size < 1``.
+  """
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  for j, start in enumerate(range(0, len(items), chunk_size)):
+    chunk = list(items[start:start + chunk_size])
+    if any(r[id_key] not in done_ids for r in chunk):
+      yield j, chunk

@@ -42,6 +42,61 @@ def test_appender_resumes_and_drops_torn_tail(tmp_path):
   assert [r["id"] for r in jsonl.read_jsonl(p)] == ["a", "b", "c"]
 
 
+def test_appender_drops_a_last_line_without_newline_and_duplicate_ids(tmp_path):
+  p = tmp_path / "part.jsonl"
+  # A kill between the record and its newline leaves valid JSON without "\n": appending to it
+  # would glue the next record onto that line.
+  p.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "a"}\n{"id": "c"}')
+  out = jsonl.JsonlAppender(p)
+  assert (out.torn_lines, out.duplicate_lines) == (1, 1)
+  assert out.done_ids == {"a", "b"}
+  out.append([{"id": "c"}, {"id": "d"}])
+  out.close()
+  assert [r["id"] for r in jsonl.read_jsonl(p)] == ["a", "b", "c", "d"]
+
+
+def test_disk_full_is_a_clear_error_and_keeps_what_was_written(tmp_path, monkeypatch):
+  import errno
+  import os
+
+  from humpback_jax.errors import DiskFullError
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  p = tmp_path / "part.jsonl"
+  with jsonl.JsonlAppender(p) as out:
+    out.append([{"id": "a"}])
+    monkeypatch.setattr(jsonl.os, "fsync", full)
+    with pytest.raises(DiskFullError, match=r"part\.jsonl: disk full.*rerun to resume"):
+      out.append([{"id": "b"}])
+  final = tmp_path / "final.jsonl"
+  final.write_text('{"id": "old"}\n')
+  with pytest.raises(DiskFullError, match=r"final\.jsonl: disk full"):
+    jsonl.write_jsonl([{"id": "new"}], final)
+  assert final.read_text() == '{"id": "old"}\n'  # untouched
+  assert not (tmp_path / "final.jsonl.tmp").exists()
+  monkeypatch.setattr(jsonl.os, "fsync", os.fsync)
+  assert "a" in jsonl.JsonlAppender(p).done_ids
+
+
+def test_lone_surrogate_is_an_input_error_and_leaves_no_tmp(tmp_path):
+  from humpback_jax.errors import InputError
+  with pytest.raises(InputError, match=r"out\.jsonl: record 2 \(id 'x'\)"):
+    jsonl.write_jsonl([{"id": "ok", "t": "fine"}, {"id": "x", "t": "bad \ud800"}],
+                      tmp_path / "out.jsonl")
+  assert not list(tmp_path.iterdir())
+
+
+def test_pending_chunks_are_fixed_by_position_in_the_whole_input():
+  items = [{"id": i} for i in range(10)]
+  got = [(j, [r["id"] for r in c]) for j, c in jsonl.pending_chunks(items, {0, 1, 2, 3, 5}, 4)]
+  # chunk 0 (0-3) is done; chunk 1 (4-7) is half done and comes back whole; chunk 2 (8, 9).
+  assert got == [(1, [4, 5, 6, 7]), (2, [8, 9])]
+  with pytest.raises(ValueError):
+    list(jsonl.pending_chunks(items, set(), 0))
+
+
 def test_manifest_records_stages(tmp_path):
   m = Manifest(tmp_path)
   m.start("s1")

@@ -400,3 +400,41 @@ def test_scoring_logits_are_float32_for_a_bfloat16_model(params):
   lp16 = np.asarray(jax.jit(lambda q: jax.nn.log_softmax(Llama(cfg16).apply(
       q, jnp.where(seg > 0, tokens, 0), pos, seg, last_logits_only=True)[0][:, -1]))(params))
   assert np.abs(lp16 - want).max() > 1e-3
+
+
+def test_record_keys_derive_from_seed_and_id_only():
+  """Independent reference: BLAKE2b-64 of the id, two little-endian uint32 words, folded in."""
+  import hashlib
+
+  def ref(seed, rid):
+    w = np.frombuffer(hashlib.blake2b(str(rid).encode(), digest_size=8).digest(), "<u4")
+    k = jax.random.fold_in(jax.random.PRNGKey(seed), int(w[0]))
+    return np.asarray(jax.random.fold_in(k, int(w[1])))
+
+  ids = ["doc#3", "a", 7, "ünï"]
+  got = np.asarray(sampler_lib.record_keys(5, ids))
+  assert got.shape == (4, 2) and got.dtype == np.uint32
+  for g, rid in zip(got, ids):
+    np.testing.assert_array_equal(g, ref(5, rid))
+  np.testing.assert_array_equal(got[2], np.asarray(sampler_lib.record_keys(5, ["7"]))[0])
+  assert not np.array_equal(got, np.asarray(sampler_lib.record_keys(6, ids)))
+
+
+def test_sampled_text_depends_on_seed_and_record_id_only(params):
+  """A resumed or rebatched run (a subset of the prompts, another order, another batch size)
+  draws the same text for each record as the whole run did."""
+  tok = ByteTokenizer()
+  ids = [f"rec{i}" for i in range(len(PROMPTS))]
+  kw = dict(max_new_tokens=N_NEW, strategy=Sampling(temperature=1.0, top_p=1.0), seed=3)
+  # bucket = MAX_PROMPT: every batch has the same padded width, as within a fixed chunk.
+  full = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=4, bucket=MAX_PROMPT)
+  want = dict(zip(ids, full.generate_texts(params, PROMPTS, keys=ids, **kw)))
+  assert len(set(want.values())) > 1
+  for batch_size, order in ((2, [4, 1, 3]), (8, [5, 0, 2, 1, 3, 4]), (1, [2])):
+    s = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=batch_size, bucket=MAX_PROMPT)
+    got = s.generate_texts(params, [PROMPTS[i] for i in order], keys=[ids[i] for i in order],
+                           **kw)
+    assert got == [want[ids[i]] for i in order], (batch_size, order)
+  # Another id, another draw (same prompt, same position).
+  other = full.generate_texts(params, PROMPTS, keys=[i + "x" for i in ids], **kw)
+  assert other != [want[i] for i in ids]

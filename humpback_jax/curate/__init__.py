@@ -106,7 +106,8 @@ def score_candidates(sampler, params, tokenizer, candidates: Sequence[dict], cfg
     tokenizer: its tokenizer.
     candidates: ``{"id", "instruction", "response"}`` dicts.
     cfg: the curation config.
-    seed: sampling seed of this call.
+    seed: the global sampling seed; candidate c samples with the key of (seed, c["id"])
+      (``sampler.record_keys``), whatever else is in the call.
   Returns:
     Records ``{"id", "score": int|None, "source": "parse"|"logprob"|None, "parsed": bool,
     "rating": str (generated reasoning; "" in logprob mode), "rating_finished": bool|None,
@@ -125,6 +126,7 @@ def score_candidates(sampler, params, tokenizer, candidates: Sequence[dict], cfg
                 Sampling(temperature=cfg.temperature, top_p=cfg.top_p))
     texts, finished = sampler.generate_texts(params, prompts, max_new_tokens=cfg.max_new_tokens,
                                              strategy=strategy, seed=seed,
+                                             keys=[c["id"] for c in candidates],
                                              return_finished=True)
   contexts = [reasoning_context(p, t) for p, t in zip(prompts, texts)]
   readout = read_scores(sampler, params, tokenizer, contexts)

@@ -50,7 +50,9 @@ def rate_pairs(pairs: Sequence[dict], *, sampler, params, tokenizer, cfg: Curati
     pairs: ``{"id", "instruction", "response"}`` dicts with unique ids.
     sampler, params, tokenizer: the rating model.
     cfg: curation config (mode, budgets, ``chunk_size``).
-    seed: base sampling seed; chunk i of the remaining pairs samples with ``seed + i``.
+    seed: sampling seed; pair p samples with ``sampler.record_keys(seed, [p["id"]])``, and
+      pairs are rated in fixed chunks of ``cfg.chunk_size`` (``jsonl.pending_chunks``), so a
+      resumed run writes exactly what an uninterrupted one would.
     partial_path: append-only file of finished records (kept for resume).
     progress: tqdm bar over chunks.
     desc: the bar's label.
@@ -58,13 +60,12 @@ def rate_pairs(pairs: Sequence[dict], *, sampler, params, tokenizer, cfg: Curati
     One record per pair, in the order of ``pairs``.
   """
   with jsonl.JsonlAppender(partial_path) as out:
-    todo = [p for p in pairs if p["id"] not in out.done_ids]
-    chunks = range(0, len(todo), cfg.chunk_size)
+    chunks = list(jsonl.pending_chunks(pairs, out.done_ids, cfg.chunk_size))
     if progress:
       from tqdm.auto import tqdm
       chunks = tqdm(chunks, desc=desc)
-    for ci in chunks:
-      out.append(score_candidates(sampler, params, tokenizer, todo[ci:ci + cfg.chunk_size], cfg,
-                                  seed=seed + ci))
+    for _, chunk in chunks:
+      records = score_candidates(sampler, params, tokenizer, chunk, cfg, seed=seed)
+      out.append(r for r in records if r["id"] not in out.done_ids)
     by_id = {r["id"]: r for r in out.records}
   return [by_id[p["id"]] for p in pairs]

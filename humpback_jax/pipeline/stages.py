@@ -132,6 +132,9 @@ def augment(ctx: RunContext) -> dict:
   """Self-augmentation ([HB] §2.1): M_yx writes one instruction x̂ per segment y.
 
   Resumable: finished chunks are appended to ``candidates.partial.jsonl``; a rerun skips them.
+  Segment s samples with the key of (seed, s["id"]) in its fixed chunk of
+  ``GenerationConfig.chunk_size`` (``jsonl.pending_chunks``), so the candidates are the same
+  byte for byte however often the stage was killed and resumed.
   Dropped and counted: empty instructions, and (``GenerationConfig.drop_unfinished``)
   generations that hit ``max_new_tokens`` before an EOS (cut-off instructions). The share of
   kept candidates that read as an instruction (``data.instructions.looks_like_instruction``:
@@ -148,18 +151,16 @@ def augment(ctx: RunContext) -> dict:
   strategy = Sampling(temperature=cfg.temperature, top_p=cfg.top_p)
   partial = ctx.path("data/candidates.partial.jsonl")
   with jsonl.JsonlAppender(partial) as out:
-    todo = [s for s in segments if s["id"] not in out.done_ids]
-    chunks = range(0, len(todo), cfg.chunk_size)
-    for ci in _progress(ctx, chunks, "augment (chunks)"):
-      chunk = todo[ci:ci + cfg.chunk_size]
+    chunks = list(jsonl.pending_chunks(segments, out.done_ids, cfg.chunk_size))
+    for _, chunk in _progress(ctx, chunks, "augment (chunks)"):
       prompts = [templates.backward_prompt(ctx.tokenizer, s["text"]) for s in chunk]
       texts, finished = sampler.generate_texts(
           params, prompts, max_new_tokens=cfg.max_new_tokens, strategy=strategy,
-          seed=ctx.config.seed_value + ci, return_finished=True)
+          seed=ctx.config.seed_value, keys=[s["id"] for s in chunk], return_finished=True)
       out.append({"id": s["id"], "instruction": templates.parse_backward_output(x),
                   "response": s["text"], "header": s.get("header"), "source": s.get("source"),
                   "finished": f, "raw_output": x}
-                 for s, x, f in zip(chunk, texts, finished))
+                 for s, x, f in zip(chunk, texts, finished) if s["id"] not in out.done_ids)
     by_id = {r["id"]: r for r in out.records}
   records = [by_id[s["id"]] for s in segments]
   empty = [r for r in records if not r["instruction"]]
@@ -248,7 +249,7 @@ def answer_final(ctx: RunContext) -> dict:
   texts, finished = sampler.generate_texts(
       params, prompts, max_new_tokens=cfg.final_max_new_tokens,
       strategy=Sampling(temperature=0.7, top_p=0.9), seed=cfg.seed_value,
-      return_finished=True)
+      keys=[f"eval{i}" for i in range(len(items))], return_finished=True)
   generator = f"humpback-jax-{name}-{cfg.base.checkpoint.replace('/', '_')}"
   outputs = [{"instruction": it["instruction"], "output": t.strip(), "generator": generator,
               "dataset": it.get("dataset", "")} for it, t in zip(items, texts)]

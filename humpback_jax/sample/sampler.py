@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -61,7 +62,7 @@ class SamplingState:
     tokens: int32 [B, N] output buffer, initialized to pad.
     lengths: int32 [B] tokens emitted while not done (so it counts the first EOS).
     cache: the KV cache, ``P + N`` slots; the model writes this step at ``cache["index"]``.
-    rng: base PRNG key; step s samples with ``fold_in(rng, s)``.
+    rng: per-row PRNG keys uint32 [B, 2]; row b samples step s with ``fold_in(rng[b], s)``.
   """
 
   step: jax.Array
@@ -170,7 +171,10 @@ def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Arra
   def body_fn(state: SamplingState) -> SamplingState:
     logits, cache = model.apply(params, state.last_token[:, None], state.positions[:, None],
                                 decode_segments, cache=state.cache)
-    next_token = strategy(logits[:, 0], jax.random.fold_in(state.rng, state.step))
+    # Each row draws with its own key folded with the step: a row's sample depends on its key
+    # alone, never on the batch it shares or its row number.
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.rng, state.step)
+    next_token = jax.vmap(lambda lg, k: strategy(lg[None], k)[0])(logits[:, 0], step_keys)
     next_token = next_token.astype(jnp.int32)
     # Rows already done keep decoding (the batch moves in lockstep) but their tokens fall
     # beyond `lengths` and are overwritten with pad after the loop.
@@ -216,7 +220,9 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array
     eos_ids: token ids (>= 0) that end a row (traced, so changing them does not recompile
       unless there are more than 4); may be empty (then rows never finish).
     strategy: a hashable ``Strategy`` such as ``Greedy()`` or ``Sampling()`` (static).
-    rng: PRNG key; step s draws with ``fold_in(rng, s)`` (Greedy ignores it).
+    rng: per-row PRNG keys uint32 [B, 2] (``record_keys``): row b draws step s with
+      ``fold_in(rng[b], s)``; or one key uint32 [2], which gives row b the key
+      ``fold_in(rng, b)``. Greedy ignores it.
     pad_id: written after a row's first EOS and in unused columns (traced).
   Returns:
     ``SampleOutput`` with tokens int32 [B, N], lengths int32 [B] (including the EOS),
@@ -237,6 +243,11 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array
   # EOS ids share one compilation.
   eos = [int(e) for e in eos_ids]
   eos = jnp.asarray(eos + [-1] * (max(4, _round_up(len(eos), 4)) - len(eos)), jnp.int32)
+  b = prompt_tokens.shape[0]
+  if rng.ndim == 1:
+    rng = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(b, dtype=jnp.uint32))
+  if rng.shape[0] != b:
+    raise ValueError(f"rng must be one key or one key per row [B={b}, 2], got {rng.shape}")
   return _generate(params, prompt_tokens, prompt_lengths, rng, eos, jnp.int32(pad_id),
                    config=config, max_new_tokens=int(max_new_tokens), strategy=strategy)
 
@@ -292,9 +303,44 @@ class Tokenizer(Protocol):
     ...
 
 
+def record_key_words(record_id: str | int) -> np.ndarray:
+  """Two uint32 words of BLAKE2b-64 of ``str(record_id)`` (UTF-8): a stable, process- and
+  platform-independent integer identity of a record (Python's ``hash`` is salted per process).
+
+  Returns:
+    uint32 [2].
+  """
+  digest = hashlib.blake2b(str(record_id).encode("utf-8"), digest_size=8).digest()
+  return np.frombuffer(digest, dtype="<u4").astype(np.uint32)
+
+
+@jax.jit
+def _fold_words(base: jax.Array, words: jax.Array) -> jax.Array:
+  return jax.vmap(lambda w: jax.random.fold_in(jax.random.fold_in(base, w[0]), w[1]))(words)
+
+
+def record_keys(seed: int, record_ids: Sequence[str | int]) -> jax.Array:
+  """Per-record sampling keys derived from the global seed and each record's id only.
+
+  Key of record r = ``fold_in(fold_in(PRNGKey(seed), w0), w1)`` with ``(w0, w1) =
+  record_key_words(r)``. It depends on nothing else (not the batch, the chunk, the batch size,
+  what was already done before a restart, or the process), so a resumed, rebatched or
+  host-split run draws the same random numbers for every record.
+
+  Args:
+    seed: the run's global seed.
+    record_ids: N record ids (strings or ints; ``7`` and ``"7"`` give the same key).
+  Returns:
+    uint32 [N, 2] raw PRNG keys.
+  """
+  words = np.stack([record_key_words(r) for r in record_ids]) if len(record_ids) else \
+      np.zeros((0, 2), np.uint32)
+  return _fold_words(jax.random.PRNGKey(seed), jnp.asarray(words))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Batch:
-  index: int                # batch number in sorted order (seeds the rng)
+  index: int                # batch number in sorted order
   rows: np.ndarray          # int64 [n] original prompt indices of the real rows
   tokens: np.ndarray        # int32 [B, P] left-padded
   lengths: np.ndarray       # int32 [B]; 0 on filler rows
@@ -350,8 +396,11 @@ class Sampler:
   ``PromptTooLongError``. ``max_prompt_len + max_new_tokens`` may never exceed the model's
   context length (``check_context_length``).
 
-  Determinism: batch i (in sorted order) uses ``fold_in(PRNGKey(seed), i)``. A prompt's sample
-  therefore depends on the seed, the batch size and the other prompts in the call.
+  Determinism: prompt i samples with its own key ``record_keys(seed, [keys[i]])`` (``keys``
+  defaults to the prompt's position in the call), so its draws do not depend on the batch
+  size, its batch-mates or the order of the call. Its logits can still differ in the last bits
+  with its batch's padded width (reduction order), so callers that need byte-identical reruns
+  (the resumable stages) also keep the composition of each call fixed (``chunks``).
 
   Attributes:
     stats: running counters: "prompts", "truncated_prompts", "batches", "generated_tokens"
@@ -452,7 +501,8 @@ class Sampler:
     return jnp.asarray(x) if self._sharding is None else jax.device_put(x, self._sharding)
 
   def generate_texts(self, params: Params, prompts: Sequence[str], *, max_new_tokens: int,
-                     strategy: Strategy, seed: int, progress: bool = False,
+                     strategy: Strategy, seed: int, keys: Sequence[str | int] | None = None,
+                     progress: bool = False,
                      return_finished: bool = False) -> list[str] | tuple[list[str], list[bool]]:
     """Generates one continuation per prompt.
 
@@ -461,7 +511,9 @@ class Sampler:
       prompts: N prompt strings (already templated).
       max_new_tokens: budget per prompt (tokens).
       strategy: ``Greedy()`` or ``Sampling(...)``.
-      seed: integer seed; same seed + same call -> same texts.
+      seed: the global seed.
+      keys: N record ids; prompt i samples with ``record_keys(seed, [keys[i]])`` (default:
+        its position ``i`` in this call).
       progress: show a tqdm bar over batches.
       return_finished: also return, per prompt, whether it ended with an EOS (False = cut by
         the budget, i.e. probably an incomplete text).
@@ -475,12 +527,18 @@ class Sampler:
     texts: list[str] = [""] * len(prompts)
     finished: list[bool] = [False] * len(prompts)
     batches = self._batches(self.encode_prompts(prompts))
-    base_rng = jax.random.PRNGKey(seed)
+    if keys is None:
+      keys = range(len(prompts))
+    if len(keys) != len(prompts):
+      raise ValueError(f"got {len(keys)} keys for {len(prompts)} prompts")
+    row_keys = np.asarray(record_keys(seed, list(keys)))
     for batch in _maybe_tqdm(batches, progress, "generate"):
+      batch_keys = np.zeros((self.batch_size, 2), np.uint32)
+      batch_keys[:len(batch.rows)] = row_keys[batch.rows]
       out = generate(params, self._put(batch.tokens), self._put(batch.lengths),
                      config=self.config, max_new_tokens=max_new_tokens,
                      eos_ids=(self.tokenizer.eos_id,), strategy=strategy,
-                     rng=jax.random.fold_in(base_rng, batch.index),
+                     rng=self._put(batch_keys),
                      pad_id=self.tokenizer.pad_id)
       tokens, lengths, done = jax.device_get((out.tokens, out.lengths, out.finished))
       for r, i in enumerate(batch.rows):
