@@ -110,7 +110,7 @@ class _FakeSampler:
     self.max_prompt_len = 10_000
 
   def generate_texts(self, params, prompts, *, max_new_tokens, strategy, seed,
-                     return_finished=False):
+                     keys=None, return_finished=False):
     assert return_finished
     return list(self.texts), list(self.finished)
 
