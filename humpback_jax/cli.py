@@ -6,7 +6,13 @@
   humpback-jax score --model=SPEC --input=pairs.jsonl --output=scores.jsonl \
       [--mode=logprob|generate|generate+logprob] [--sanity_check]   # rate any dataset
 
-A rerun with the same ``--run_dir`` skips finished stages and resumes an interrupted one.
+A rerun with the same ``--run_dir`` skips finished, up-to-date stages, resumes an interrupted
+one, and reruns the stages whose config section or input files changed since they ran (and
+those downstream of them); ``--on_change=error`` stops instead, naming what changed.
+
+Errors are printed as one line ``humpback-jax: error: [stage NAME: ]message`` (exit status 2
+for bad input or a stale run, 1 otherwise); ``--verbose`` adds the traceback. The manifest and
+``report.md`` record the failure; earlier stages' outputs stay.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--gin_param", action="append", default=[],
                     help='gin binding, e.g. "SeedConfig.max_examples = 64" (repeatable)')
     sp.add_argument("--no_progress", action="store_true", help="no progress bars")
+    sp.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
 
   run = sub.add_parser("run", help="run every stage")
   common(run)
@@ -35,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
   common(stage)
   stage.add_argument("--run_dir", required=True)
   stage.add_argument("--force", action="store_true", help="rerun even if done")
+  for sp in (run, stage):
+    sp.add_argument("--on_change", choices=("rerun", "error"), default="rerun",
+                    help="a finished stage whose config or inputs changed: rerun it and the "
+                    "stages downstream (default), or stop with an error naming the change")
   lst = sub.add_parser("stages", help="list the stage names")
   common(lst)
   score = sub.add_parser(
@@ -112,8 +123,48 @@ def _enable_compilation_cache(run_dir: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
+def _error_line(e: BaseException) -> tuple[str, int]:
+  """(one-line message, exit status) of an error ending the command."""
+  from humpback_jax import errors
+  from humpback_jax.sample.sampler import ContextLengthError, PromptTooLongError
+  from humpback_jax.train.fingerprint import InputsChangedError
+  from humpback_jax.train.loop import NonFiniteLossError
+  stage = getattr(e, "humpback_stage", None)
+  msg = " ".join(str(e).split()) or type(e).__name__
+  where = f"stage {stage}: " if stage and not msg.startswith(f"stage {stage}") else ""
+  user = (errors.InputError, errors.StaleStateError, InputsChangedError, ContextLengthError,
+          PromptTooLongError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+          PermissionError)
+  if isinstance(e, errors.DiskFullError) or errors.is_disk_full(e):
+    return f"{where}disk full: {msg}", 1
+  if isinstance(e, user):
+    return where + msg, 2
+  if isinstance(e, NonFiniteLossError):
+    return where + msg, 1
+  return (f"{where}{type(e).__name__}: {msg} (an unexpected error: rerun with --verbose for "
+          "the traceback)"), 1
+
+
 def main(argv=None) -> int:
+  """The command line; returns the exit status (0 ok, 1 failure, 2 bad input or stale run)."""
   args = _parser().parse_args(argv)
+  try:
+    return _main(args)
+  except KeyboardInterrupt:
+    print("humpback-jax: interrupted; rerun the same command to resume", file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    if getattr(args, "verbose", False):
+      import traceback
+      traceback.print_exc()
+    line, status = _error_line(e)
+    run_dir = getattr(args, "run_dir", None)
+    print(f"humpback-jax: error: {line}" + (f" (see {run_dir}/report.md)" if run_dir and
+          getattr(e, "humpback_stage", None) else ""), file=sys.stderr)
+    return status
+
+
+def _main(args) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
   import gin
@@ -133,10 +184,11 @@ def main(argv=None) -> int:
   _enable_compilation_cache(args.run_dir)
   operative = gin.config_str()
   if args.command == "run":
-    run_pipeline(args.run_dir, config, progress=progress, operative_gin=operative)
+    run_pipeline(args.run_dir, config, progress=progress, operative_gin=operative,
+                 on_change=args.on_change)
   else:
     run_pipeline(args.run_dir, config, only=args.name, force=args.force, progress=progress,
-                 operative_gin=operative)
+                 operative_gin=operative, on_change=args.on_change)
   print(f"report: {args.run_dir}/report.md")
   return 0
 

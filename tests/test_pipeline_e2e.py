@@ -173,3 +173,59 @@ def test_export_loads_in_transformers(run_dir):
   # M2 was trained: it differs from the base checkpoint.
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(params),
                                                    jax.tree.leaves(base)))
+
+
+def _attempts(d):
+  return {k: v["attempts"] for k, v in _manifest(d)["stages"].items()}
+
+
+def test_changed_config_reruns_exactly_the_affected_stages(run_dir, tmp_path, capsys):
+  import shutil
+  d = tmp_path / "copy"
+  shutil.copytree(run_dir, d)
+  run = lambda *extra: main(["run", f"--gin_file={SMOKE}", f"--run_dir={d}", "--no_progress",
+                             *extra])
+  before = _attempts(d)
+  # --on_change=error: one line naming the change, exit status 2, nothing run.
+  assert run("--on_change=error", "--gin_param=CurationConfig.threshold = 5") == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert err.strip().splitlines()[-1].startswith(
+      "humpback-jax: error: stage curate_M0 is out of date: config.curation changed")
+  assert _attempts(d) == before
+  # A web-config change that yields the same segments reruns prepare_web only.
+  assert run("--gin_param=WebConfig.max_segments = 100000") == 0
+  after = _attempts(d)
+  assert {k for k in after if after[k] != before[k]} == {"prepare_web"}
+  # A curation change reruns the curation stages, and the training stages whose data changed.
+  curated = (d / "data/curated_A1.jsonl").read_bytes()
+  before = after
+  assert run("--gin_param=WebConfig.max_segments = 100000",
+             "--gin_param=CurationConfig.threshold = 5") == 0
+  after = _attempts(d)
+  ran = {k for k in after if after[k] != before[k]}
+  assert {"curate_M0", "curate_M1"} <= ran
+  assert not ran & {"prepare_seed", "prepare_web", "train_backward", "augment", "train_M0"}
+  assert ("train_M1" in ran) == ((d / "data/curated_A1.jsonl").read_bytes() != curated)
+  assert _manifest(d)["config"]["curation"]["threshold"] == 5  # the latest config
+
+
+def test_failed_stage_prints_one_line_and_still_writes_the_report(run_dir, tmp_path, capsys):
+  import shutil
+  d = tmp_path / "copy"
+  shutil.copytree(run_dir, d)
+  before = _manifest(d)["stages"]
+  bad = tmp_path / "eval.json"
+  bad.write_text('[{"instruction": "ok"}, {"instruction": 3}]')
+  (d / "report.md").unlink()
+  assert main(["run", f"--gin_file={SMOKE}", f"--run_dir={d}", "--no_progress",
+               f"--gin_param=PipelineConfig.eval_file = '{bad}'"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert not any("Traceback" in line for line in err)
+  assert err[-1].startswith("humpback-jax: error: stage answer_final: ") and "eval.json" in err[-1]
+  after = _manifest(d)["stages"]
+  assert after["answer_final"]["status"] == "failed" and "count" not in after["answer_final"]
+  for name in STAGES[:STAGES.index("answer_final")]:
+    assert after[name] == before[name], name  # earlier stages untouched
+  report = (d / "report.md").read_text()
+  assert "**Stage answer_final failed**" in report and "eval.json" in report

@@ -13,6 +13,7 @@ import pytest
 
 from humpback_jax import paths
 from humpback_jax.data import seed
+from humpback_jax.errors import InputError
 
 DATA_ROOT = paths.default_data_root()
 TREES_100 = "seed/oasst_en_100_trees.jsonl"
@@ -46,8 +47,10 @@ def _clean(m: dict) -> bool:
           and m.get("review_result") is not False and bool(m["text"].strip()))
 
 
-def _brute_tree_pairs(rel: str, *, clean: bool = True) -> list[tuple[str, str, str]]:
-  """(root id, instruction, response) for English root + rank-0 assistant reply, by brute force."""
+def _brute_tree_pairs(rel: str, *, clean: bool = True,
+                      unique: bool = True) -> list[tuple[str, str, str]]:
+  """(root id, instruction, response) for English root + rank-0 assistant reply, by brute force;
+  with ``unique``, a root id already kept is skipped (the reader counts it as duplicate_id)."""
   out = []
   for tree in _lines(rel):
     p = tree["prompt"]
@@ -57,6 +60,8 @@ def _brute_tree_pairs(rel: str, *, clean: bool = True) -> list[tuple[str, str, s
     if not r0 or r0[0]["lang"] != "en":
       continue
     if clean and not (_clean(p) and _clean(r0[0])):
+      continue
+    if unique and p["message_id"] in {i for i, _, _ in out}:
       continue
     out.append((p["message_id"], p["text"].strip(), r0[0]["text"].strip()))
   return out
@@ -107,11 +112,14 @@ def test_trees_551_counts_match_brute_force():
   trees = _lines(TREES_551)
   assert len(trees) == 551
   assert sum(t["prompt"]["lang"] == "en" for t in trees) == 208  # README.
+  assert len(_brute_tree_pairs(TREES_551, unique=False)) == 49  # README: "about 49".
   expected = _brute_tree_pairs(TREES_551)
-  assert len(expected) == 49  # README: "about 49".
+  assert len(expected) == 48  # The file repeats 38 root ids; one repeat is a kept English pair.
   records, drops = seed.read_oasst_trees(DATA_ROOT / TREES_551)
   got = [(r["id"].rsplit("/", 1)[1], r["instruction"], r["response"]) for r in records]
   assert got == expected
+  assert len({i for i, _, _ in got}) == len(got)
+  assert drops["duplicate_id"] == 1
   assert drops["prompt_not_english"] == 343
   assert len(got) + sum(drops.values()) == 551
 
@@ -156,10 +164,15 @@ def test_flat_reader_matches_brute_force_root_rank0_pairs():
     if r0 and _clean(root) and _clean(r0[0]):
       expected.append((root["message_id"], root["text"].strip(), r0[0]["text"].strip()))
   assert len(expected) == 186
+  # Messages whose parent is not in the file (the split cut their tree): counted, not ignored.
+  ids = {m["message_id"] for m in msgs}
+  orphans = [m for m in msgs if m["parent_id"] is not None and m["parent_id"] not in ids]
+  assert len(orphans) == 3 and not any(m["parent_id"] in {o["message_id"] for o in orphans}
+                                       for m in msgs)
   records, drops = seed.read_oasst_flat(DATA_ROOT / FLAT_VAL)
   got = [(r["id"].rsplit("/", 1)[1], r["instruction"], r["response"]) for r in records]
   assert got == expected
-  assert drops == {"no_rank0_reply": 2}
+  assert drops == {"no_rank0_reply": 2, "oasst_orphan_messages": 3}
   # All 188 roots are AlpacaEval prompts, so decontamination removes every pair.
   alpaca = _alpaca()
   assert all(_norm(r["text"]) in alpaca for r in roots)
@@ -167,8 +180,10 @@ def test_flat_reader_matches_brute_force_root_rank0_pairs():
   pairs, stats = seed.build_seed(cfg, DATA_ROOT)
   assert pairs == []
   src = "oasst:oasst1_en_validation_2022msgs"
-  assert stats["dropped"][src] == {"alpaca_eval_overlap": 186, "no_rank0_reply": 2}
-  assert stats["seen"][src] == 188
+  assert stats["dropped"][src] == {"alpaca_eval_overlap": 186, "no_rank0_reply": 2,
+                                   "oasst_orphan_messages": 3}
+  assert stats["seen"][src] == 188 + 3
+  assert stats["decontaminated"] == 186 and stats["decontamination"] == "on"
 
 
 def test_flat_reader_rules_on_synthetic_file(tmp_path: pathlib.Path):
@@ -195,7 +210,7 @@ def test_flat_reader_rules_on_synthetic_file(tmp_path: pathlib.Path):
   assert [(r["instruction"], r["response"], r["id"]) for r in records] == [
       ("question one", "answer one", "t/r1")]
   assert drops == {"reply_deleted": 1, "prompt_not_english": 1, "prompt_synthetic": 1,
-                   "reply_synthetic": 1}
+                   "reply_synthetic": 1, "oasst_orphan_messages": 1}
 
 
 # ------------------------------------------------------------------------------------------
@@ -247,8 +262,10 @@ def test_build_seed_default_stats_add_up():
   assert stats["total_seen"] == stats["total"] + stats["total_dropped"] == 1681
   assert stats["kept"] == {"oasst:oasst_en_100_trees": 88, "oasst:oasst2_filtered_551_trees": 45,
                            "lima:lima_train_1030": 999}
-  # Two trees occur in both oasst files; "Who are you?" is in the 551 file and in LIMA.
-  assert stats["dropped"]["oasst:oasst2_filtered_551_trees"]["duplicate_instruction"] == 2
+  # One tree occurs in both oasst files, one twice in the 551 file (same root id: duplicate_id);
+  # "Who are you?" is in the 551 file and in LIMA.
+  assert stats["dropped"]["oasst:oasst2_filtered_551_trees"]["duplicate_instruction"] == 1
+  assert stats["dropped"]["oasst:oasst2_filtered_551_trees"]["duplicate_id"] == 1
   assert stats["dropped"]["lima:lima_train_1030"]["duplicate_instruction"] == 1
   # Order: sources in config order, records in file order; ids unique; no duplicates.
   order = [stats["sources"].index(p["source"]) for p in pairs]
@@ -284,7 +301,8 @@ def test_build_seed_max_examples_min_chars_and_dedup_off():
                   for d in stats["dropped"].values())
   assert too_short > 0 and len(short) + too_short >= len(full)
   nodedup, stats = seed.build_seed(seed.SeedConfig(dedup=False), DATA_ROOT)
-  assert len(nodedup) == len(full) + 3
+  assert len(nodedup) == len(full) + 2  # The repeated root id stays dropped (ids stay unique).
+  assert len({p["id"] for p in nodedup}) == len(nodedup)
   with pytest.raises(ValueError):
     seed.SeedConfig(max_examples=-1)
 
@@ -375,6 +393,6 @@ def test_wrong_type_is_format_error_but_rule_failure_is_a_counted_drop(tmp_path)
   assert len(list(records)) == 1 and drops == {"reply_deleted": 1}
 
 
-def test_missing_file_raises(tmp_path):
-  with pytest.raises(FileNotFoundError):
+def test_missing_file_raises_input_error_naming_it(tmp_path):
+  with pytest.raises(InputError, match=r"nope\.jsonl: input file does not exist"):
     list(seed.read_lima(tmp_path / "nope.jsonl")[0])

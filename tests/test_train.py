@@ -234,6 +234,53 @@ def test_resume_after_interruption_matches_uninterrupted_run(params0, tmp_path):
     train(CFG, params0, batches_from, cfg.replace(learning_rate=2e-5), tmp_path / "b")
 
 
+def test_corrupted_last_checkpoint_and_full_disk_resume_from_the_last_good_state(
+    params0, tmp_path, caplog, monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  from humpback_jax.errors import DiskFullError
+  cfg = tcfg(mesh=MESH_8)
+  full, _ = train(CFG, params0, batches_from, cfg, tmp_path / "a")
+  # A full disk while saving step 4: a clear error naming the last complete checkpoint.
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *a, **k):
+    if step == 4:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  with pytest.raises(DiskFullError, match=r"disk full while saving step 4.*last complete "
+                     r"checkpoint is step 2"):
+    train(CFG, params0, batches_from, cfg, tmp_path / "b")
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  resumed, s = train(CFG, params0, batches_from, cfg, tmp_path / "b")
+  assert s["start_step"] == 2
+  for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+  # The newest checkpoint corrupted (its array files overwritten, then its meta): a warning
+  # naming it, and the run resumes from the previous one with the same result.
+  for victim in ("state", "meta"):
+    ckpt_dir = tmp_path / f"c_{victim}"
+    every = cfg.replace(checkpoint_every=1)
+    train(CFG, params0, batches_from, every, ckpt_dir)
+    assert Checkpointer(ckpt_dir, keep=2).all_steps() == [3, 4]
+    files = [f for f in (ckpt_dir / "4" / victim).rglob("*") if f.is_file()]
+    assert files
+    for f in files:
+      f.write_bytes(b"\x00garbage" * 3)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+      resumed, s = train(CFG, params0, batches_from, every, ckpt_dir)
+    assert s["start_step"] == 3, victim
+    assert any("step 4 is unreadable" in r.getMessage() and "resuming from step 3" in
+               r.getMessage() for r in caplog.records), victim
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+      np.testing.assert_array_equal(a, b)
+
+
 def test_memorizes_a_tiny_task(params0, tmp_path, one_device):
   """End to end: JSONL -> seqio task -> packed batches -> train; the loss falls."""
   from humpback_jax.data import iterator, tasks

@@ -1,8 +1,13 @@
 """``RUN_DIR/manifest.json``: one line of record per stage, written atomically.
 
-Schema: ``{"stages": {name: {"status": "running"|"done"|"failed", "count": N, "seconds": S,
-"started": ISO time, "finished": ISO time, ...stage extras}}, "config": {...}}``. A stage is
-skipped on rerun when its status is "done" and every declared output exists.
+Schema: ``{"stages": {name: {"status": "running"|"done"|"failed", "attempts": N,
+"fingerprint": {part: digest}, "count": N, "seconds": S, "started": ISO time, "finished": ISO
+time, "error": "Type: message" (failed only), "rerun_reason": [...] (when it reran because its
+inputs changed), ...stage extras}}, "config": {...} (of the latest invocation)}``. A stage is
+skipped on rerun when its status is "done", every declared output exists and its fingerprint
+is unchanged (``runner.run_stage``).
+
+Only process 0 writes (``jax.process_index() == 0``); the others read.
 """
 
 from __future__ import annotations
@@ -42,14 +47,20 @@ class Manifest:
     self.data[key] = value
     self._write()
 
-  def start(self, name: str) -> None:
-    entry = self.data["stages"].setdefault(name, {})
-    entry.update(status="running", started=_now())
-    entry["attempts"] = entry.get("attempts", 0) + 1
+  def start(self, name: str, fingerprint: dict | None = None, **extras) -> None:
+    """Marks ``name`` running. Results of an earlier attempt (count, error, stage extras) are
+    cleared, so a failed rerun never shows the previous run's figures."""
+    old = self.data["stages"].get(name, {})
+    self.data["stages"][name] = entry = {"status": "running", "started": _now(),
+                                         "attempts": old.get("attempts", 0) + 1}
+    if fingerprint is not None:
+      entry["fingerprint"] = fingerprint
+    entry.update(extras)
     self._write()
 
   def finish(self, name: str, seconds: float, **extras) -> None:
     entry = self.data["stages"].setdefault(name, {})
+    entry.pop("error", None)
     entry.update(extras)
     entry.update(status="done", seconds=round(seconds, 2), finished=_now())
     self._write()
@@ -60,7 +71,16 @@ class Manifest:
     self._write()
 
   def _write(self) -> None:
+    if not _is_writer():
+      return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     tmp = self.path.with_name(self.path.name + ".tmp")
     tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str))
     os.replace(tmp, self.path)
+
+
+def _is_writer() -> bool:
+  """Process 0 writes the manifest; other hosts of a multi-host run only read it."""
+  import sys
+  jax = sys.modules.get("jax")  # never import JAX just to write a manifest
+  return jax is None or jax.process_index() == 0

@@ -59,6 +59,14 @@ def write_report(ctx, manifest) -> str:
   for name, entry in stages.items():
     lines.append(f"| {name} | {entry.get('status')} | {entry.get('count', '')} | "
                  f"{entry.get('seconds', '')} |")
+  for name, entry in stages.items():
+    if entry.get("status") == "failed":
+      lines += ["", f"**Stage {name} failed** (attempt {entry.get('attempts')}): "
+                f"{' '.join(str(entry.get('error')).split())}. Earlier stages' outputs are "
+                "intact; fix the cause and rerun the same command to resume."]
+    if entry.get("rerun_reason"):
+      lines += ["", f"Stage {name} was rerun because its inputs changed: "
+                f"{'; '.join(entry['rerun_reason'])}."]
 
   trained = [(n, e) for n, e in stages.items() if n.startswith("train_") and "steps" in e]
   if trained:
@@ -82,12 +90,27 @@ def write_report(ctx, manifest) -> str:
               f"{web.get('documents_no_headers')})",
               f"- segments before filters: {web.get('segments_before_filters')}",
               f"- dropped per filter: {web.get('dropped')}",
+              f"- failed or skipped per reason: {web.get('documents_failed')}",
               f"- kept: {web.get('kept')} segments, {web.get('chars_mean', 0):.0f} ± "
-              f"{web.get('chars_std', 0):.0f} chars (paper: 1,722 ± 653)", ""]
-  seed_drop = stages.get("prepare_seed", {}).get("dropped")
-  if seed_drop:
-    lines.append(f"Seed drops per source and reason: `{seed_drop}`")
+              f"{web.get('chars_std', 0):.0f} chars (paper: 1,722 ± 653)"]
+    shown = {"documents_read", "documents_failed_total", "documents_no_content",
+             "documents_no_headers", "segments_before_filters", "dropped", "documents_failed",
+             "kept", "chars_mean", "chars_std", "chars_min", "chars_max", "config",
+             "wall_seconds", "per_source"}
+    other = {k: v for k, v in web.items() if k not in shown and v}
+    if other:
+      lines.append(f"- other counts: `{other}`")
     lines.append("")
+  seed = stages.get("prepare_seed", {})
+  if seed.get("dropped"):
+    lines.append(f"Seed: {seed.get('total_seen')} records read, {seed.get('count')} pairs kept, "
+                 f"{seed.get('total_dropped')} dropped; per source and reason: "
+                 f"`{seed['dropped']}`")
+    lines.append("")
+  if seed.get("decontamination"):
+    lines += [f"AlpacaEval decontamination: {seed['decontamination']}; "
+              f"{seed.get('decontaminated')} seed pairs removed (rule: "
+              f"{seed.get('decontamination_rule')}).", ""]
   aug = stages.get("augment")
   if aug:
     lines.append(f"Self-augmentation: {aug.get('segments')} segments -> {aug.get('count')} "

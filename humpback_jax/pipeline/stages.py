@@ -21,14 +21,35 @@ from humpback_jax.pipeline.context import RunContext
 log = logging.getLogger(__name__)
 
 
+def _no_files(config) -> tuple[str, ...]:
+  return ()
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """A pipeline step: ``run(ctx) -> manifest extras``; outputs are paths under RUN_DIR."""
+  """A pipeline step: ``run(ctx) -> manifest extras``; paths are relative to RUN_DIR.
+
+  Attributes:
+    name: stage name (``humpback-jax stages`` lists them).
+    inputs: files or directories of the run it reads (written by earlier stages).
+    outputs: what it writes; the stage is done when its status is "done", these exist and its
+      fingerprint (``fingerprints.stage_fingerprint``) is unchanged.
+    run: the work.
+    config_keys: the ``PipelineConfig`` fields it reads (part of its fingerprint).
+    uses_base_model: it loads the base model (its identity is part of the fingerprint).
+    external_files: ``config -> paths`` of the inputs it reads outside the run (relative to
+      the data root), part of the fingerprint by content.
+    partials: resumable partial files; discarded when the stage reruns from other inputs.
+  """
 
   name: str
   inputs: tuple[str, ...]
   outputs: tuple[str, ...]
   run: Callable[[RunContext], dict]
+  config_keys: tuple[str, ...] = ()
+  uses_base_model: bool = False
+  external_files: Callable[..., tuple[str, ...]] = _no_files
+  partials: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- data stages
@@ -41,7 +62,9 @@ def prepare_seed(ctx: RunContext) -> dict:
     raise ValueError(f"prepare_seed: no seed pairs left; drops: {stats.get('dropped')}")
   jsonl.write_jsonl(pairs, ctx.path("data/seed.jsonl"))
   ctx.write_json("data/seed_stats.json", stats)
-  return {"count": len(pairs), "lengths": stats.get("lengths"), "dropped": stats.get("dropped")}
+  return {"count": len(pairs), "lengths": stats.get("lengths"), "dropped": stats.get("dropped"),
+          **{k: stats.get(k) for k in ("seen", "total_seen", "total_dropped", "decontamination",
+                                       "decontamination_rule", "decontaminated")}}
 
 
 def prepare_web(ctx: RunContext) -> dict:
@@ -235,11 +258,8 @@ def answer_final(ctx: RunContext) -> dict:
   from humpback_jax import paths
   from humpback_jax.sample.sampling import Sampling
   cfg = ctx.config
-  eval_path = paths.resolve(cfg.eval_file, ctx.data_root)
-  try:
-    items = json.loads(eval_path.read_text())[:cfg.final_samples]
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{eval_path}: cannot read AlpacaEval instructions ({e})") from e
+  from humpback_jax.data.eval_prompts import load_eval_prompts
+  items = load_eval_prompts(paths.resolve(cfg.eval_file, ctx.data_root), cfg.final_samples)
   name = f"M{cfg.iterations}"
   model_cfg, params = _load_trained(ctx, name)
   sampler = _sampler(ctx, model_cfg, dataclasses.replace(
@@ -252,7 +272,7 @@ def answer_final(ctx: RunContext) -> dict:
       keys=[f"eval{i}" for i in range(len(items))], return_finished=True)
   generator = f"humpback-jax-{name}-{cfg.base.checkpoint.replace('/', '_')}"
   outputs = [{"instruction": it["instruction"], "output": t.strip(), "generator": generator,
-              "dataset": it.get("dataset", "")} for it, t in zip(items, texts)]
+              "dataset": it["dataset"]} for it, t in zip(items, texts)]
   out = ctx.path("data/final_outputs.json")
   tmp = out.with_name(out.name + ".tmp")
   tmp.write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
@@ -281,27 +301,51 @@ def _progress(ctx, it, desc):
   return tqdm(it, desc=desc)
 
 
+def _seed_files(config) -> tuple[str, ...]:
+  c = config.seed
+  files = (*c.oasst_tree_files, *c.oasst_flat_files, *c.lima_files, *c.self_instruct_files)
+  return files + ((c.alpaca_eval_file,) if c.alpaca_eval_file else ())
+
+
+def _web_files(config) -> tuple[str, ...]:
+  return tuple(config.web.sources)
+
+
+def _eval_files(config) -> tuple[str, ...]:
+  return (config.eval_file,)
+
+
 def pipeline_stages(iterations: int = 2, export_hf: bool = True,
                     final_samples: int = 0) -> list[Stage]:
   """The stage list of [HB] §2 for ``iterations`` rounds of curation."""
+  train = ("seed_value", "base")
   stages = [
-      Stage("prepare_seed", (), ("data/seed.jsonl",), prepare_seed),
-      Stage("prepare_web", (), ("data/segments.jsonl",), prepare_web),
-      Stage("train_backward", ("data/seed.jsonl",), ("models/M_yx/params",), train_backward),
+      Stage("prepare_seed", (), ("data/seed.jsonl",), prepare_seed, ("seed",),
+            external_files=_seed_files),
+      Stage("prepare_web", (), ("data/segments.jsonl",), prepare_web, ("web",),
+            external_files=_web_files),
+      Stage("train_backward", ("data/seed.jsonl",), ("models/M_yx/params",), train_backward,
+            ("backward_train",) + train, True),
       Stage("augment", ("data/segments.jsonl", "models/M_yx/params"), ("data/candidates.jsonl",),
-            augment),
-      Stage("train_M0", ("data/seed.jsonl",), ("models/M0/params",), train_forward(0)),
+            augment, ("augment",) + train, True, partials=("data/candidates.partial.jsonl",)),
+      Stage("train_M0", ("data/seed.jsonl",), ("models/M0/params",), train_forward(0),
+            ("forward_train",) + train, True),
   ]
   for t in range(iterations):
     stages.append(Stage(f"curate_M{t}", ("data/candidates.jsonl", f"models/M{t}/params"),
                         (f"data/scores_M{t}.jsonl", f"data/curated_A{t + 1}.jsonl"),
-                        curate_with(t)))
+                        curate_with(t), ("curation",) + train, True,
+                        partials=(f"data/scores_M{t}.partial.jsonl",)))
     stages.append(Stage(f"train_M{t + 1}", ("data/seed.jsonl", f"data/curated_A{t + 1}.jsonl"),
-                        (f"models/M{t + 1}/params",), train_forward(t + 1)))
+                        (f"models/M{t + 1}/params",), train_forward(t + 1),
+                        ("forward_train",) + train, True))
   if final_samples:
     stages.append(Stage("answer_final", (f"models/M{iterations}/params",),
-                        ("data/final_outputs.json",), answer_final))
+                        ("data/final_outputs.json",), answer_final,
+                        ("augment", "final_samples", "final_max_new_tokens", "eval_file",
+                         "iterations") + train, True, external_files=_eval_files))
   if export_hf:
     stages.append(Stage("export_hf", (f"models/M{iterations}/params",),
-                        (f"models/M{iterations}_hf",), export_final))
+                        (f"models/M{iterations}_hf",), export_final, ("base", "iterations"),
+                        True))
   return stages

@@ -43,9 +43,35 @@ class Checkpointer:
     return sorted(self._mngr.all_steps())
 
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Saves ``state`` (a pytree of jax arrays) and ``meta`` (JSON-able) as ``step``."""
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    """Saves ``state`` (a pytree of jax arrays) and ``meta`` (JSON-able) as ``step``.
+
+    Raises:
+      DiskFullError: the disk filled up (now, or during the previous asynchronous save); the
+        incomplete step is never taken for a checkpoint (orbax finalizes by rename), so a
+        rerun resumes from the last complete one.
+    """
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._disk_full(e, f"saving step {step}") or e
+
+  def _disk_full(self, e: BaseException, what: str) -> Exception | None:
+    from humpback_jax.errors import DiskFullError, is_disk_full
+    if not is_disk_full(e):
+      return None
+    last = self._mngr.latest_step()
+    err = DiskFullError(28, f"{self.directory}: disk full while {what} ({e}); the last "
+                        f"complete checkpoint is {'step %d' % last if last else 'none'}; "
+                        "free space and rerun to resume from it")
+    err.__cause__ = e
+    return err
+
+  def delete(self, step: int) -> None:
+    """Deletes one checkpoint step (e.g. an unreadable one)."""
+    self._mngr.wait_until_finished()
+    self._mngr.delete(step)
+    self._mngr.reload()
 
   def read_meta(self, step: int) -> dict:
     """The JSON meta of step ``step`` alone (the state is not read)."""
@@ -71,11 +97,18 @@ class Checkpointer:
     return out["state"], out["meta"]
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are committed."""
-    self._mngr.wait_until_finished()
+    """Blocks until pending asynchronous saves are committed.
+
+    Raises:
+      DiskFullError: an asynchronous save ran out of disk space.
+    """
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._disk_full(e, "writing a checkpoint") or e
 
   def close(self) -> None:
-    self._mngr.wait_until_finished()
+    self.wait()
     self._mngr.close()
 
 

@@ -116,6 +116,26 @@ def _eval_batches_checked(eval_batches: Sequence[Batch], cfg: TrainConfig,
   return batches
 
 
+def _drop_unreadable(ckpt: Checkpointer, step: int, error: BaseException) -> int:
+  """Deletes checkpoint ``step`` that cannot be read (a corrupted or half-copied file) and
+  returns the step to try next (the previous one, or 0: train from the start).
+
+  Raises:
+    DiskFullError: the read failed for lack of disk space (nothing is deleted then).
+  """
+  from humpback_jax.errors import DiskFullError, is_disk_full
+  if is_disk_full(error):
+    raise DiskFullError(28, f"{ckpt.directory}: disk full while reading checkpoint step "
+                        f"{step} ({error})") from error
+  detail = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+  ckpt.delete(step)
+  previous = ckpt.latest_step() or 0
+  logging.warning("checkpoint %s step %d is unreadable (%s); deleted it and resuming from %s",
+                  ckpt.directory, step, detail,
+                  f"step {previous}" if previous else "the start (no older checkpoint)")
+  return previous
+
+
 def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
           train_config: TrainConfig, ckpt_dir: str | os.PathLike | None, *,
           progress: bool = False, devices: Any = None,
@@ -206,8 +226,12 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
     with jax.set_mesh(mesh):
       start = (ckpt.latest_step() if ckpt else None) or 0
       meta: dict = {}
-      if start:
-        recorded = ckpt.read_meta(start)
+      while start:
+        try:
+          recorded = ckpt.read_meta(start)
+        except Exception as e:  # pylint: disable=broad-except
+          start = _drop_unreadable(ckpt, start, e)
+          continue
         changes = describe_changes(
             {"train_config": recorded.get("train_config"), **recorded.get("fingerprint", {})},
             current_fp)
@@ -221,11 +245,16 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
                           ckpt.all_steps(), "; ".join(changes))
           ckpt.delete_all()
           start = 0
-      if start:
-        state, meta = ckpt.restore(start, abstract_with_shardings(abstract, shardings))
+          break
+        try:
+          state, meta = ckpt.restore(start, abstract_with_shardings(abstract, shardings))
+        except Exception as e:  # pylint: disable=broad-except
+          start = _drop_unreadable(ckpt, start, e)
+          continue
         history = list(meta.get("history", []))
         logging.info("resuming from %s step %d", ckpt.directory, start)
-      else:
+        break
+      if not start:
         params = _check_params(init_params, abstract.params)
         # may_alias=False: the state is donated, so never alias the caller's arrays.
         params = jax.device_put(params, shardings.params, may_alias=False)
