@@ -214,7 +214,7 @@ def test_every_filter_counter_increments(monkeypatch, tmp_path):
   assert stats["segments_before_filters"] == 9
   assert stats["dropped"] == {"length": 1, "empty_header": 1, "uppercase_header": 1,
                               "nav_header": 1, "non_english": 1, "repetitive": 1,
-                              "duplicate": 1}
+                              "duplicate": 1, "contained": 0}
   assert stats["kept"] == 2 and [s["header"] for s in segs] == ["Kept one", "Kept two"]
   assert [s["id"] for s in segs] == ["page.html#0", "page.html#8"]
   assert segs[0] == {"id": "page.html#0", "source": "page.html", "doc_id": "page.html",
@@ -349,9 +349,15 @@ def test_real_warc():
   assert [d for d, _ in docs] == ["w:http://www.archive.org/", "w:http://www.archive.org/index.php"]
   assert all("<html" in h.lower() for _, h in docs)
   assert not failures
-  _, stats = web.build_segments(web.WebConfig(sources=(WARC,)))
+  # No segment survives the filters: a clear error, not an empty result, with the stats.
+  with pytest.raises(web.WebInputError, match=r"2 documents read from sources .*ukwa_IAH.*"
+                     r"0 segments survived the filters \(drops: ") as e:
+    web.build_segments(web.WebConfig(sources=(WARC,)))
+  stats = e.value.stats
   assert stats["documents_read"] == 2 and not stats["documents_failed"]
   assert stats["segments_before_filters"] > 0
+  # The 21 other records (requests, metadata, warcinfo, images, ...) are counted as skipped.
+  assert stats["entries_total"] == 23 and stats["members_skipped"]["warc_non_response"] == 15
 
 
 # ------------------------------------------------------------------------------------------------

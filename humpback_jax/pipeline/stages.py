@@ -59,7 +59,9 @@ def prepare_seed(ctx: RunContext) -> dict:
   from humpback_jax.data.seed import build_seed
   pairs, stats = build_seed(ctx.config.seed, data_root=ctx.data_root)
   if not pairs:
-    raise ValueError(f"prepare_seed: no seed pairs left; drops: {stats.get('dropped')}")
+    from humpback_jax.errors import InputError
+    raise InputError(f"no seed pairs left of {stats.get('total_seen')} records read from "
+                     f"{stats.get('sources')}; drops: {stats.get('dropped')}")
   jsonl.write_jsonl(pairs, ctx.path("data/seed.jsonl"))
   ctx.write_json("data/seed_stats.json", stats)
   return {"count": len(pairs), "lengths": stats.get("lengths"), "dropped": stats.get("dropped"),
@@ -71,8 +73,7 @@ def prepare_web(ctx: RunContext) -> dict:
   from humpback_jax.data.web import build_segments
   segments, stats = build_segments(ctx.config.web, data_root=ctx.data_root,
                                    progress=ctx.progress)
-  if not segments:
-    raise ValueError(f"prepare_web: no segments survived the filters: {stats}")
+  # build_segments raises WebInputError itself when nothing is left (naming why).
   jsonl.write_jsonl(segments, ctx.path("data/segments.jsonl"))
   ctx.write_json("data/web_stats.json", stats)
   return {"count": len(segments), "stats": stats}
