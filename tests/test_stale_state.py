@@ -131,3 +131,8 @@ def test_file_digest_content_and_directories(tmp_path):
   a = fingerprints.file_digest(tmp_path / "dir")
   (tmp_path / "dir" / "x").write_bytes(b"2")
   assert fingerprints.file_digest(tmp_path / "dir") != a
+  import os
+  os.mkfifo(tmp_path / "fifo")  # never opened: reading a FIFO would block forever
+  assert fingerprints.file_digest(tmp_path / "fifo").startswith("not a regular file")
+  (tmp_path / "loop").symlink_to(tmp_path / "loop")
+  assert fingerprints.file_digest(tmp_path / "loop").startswith("unreadable")

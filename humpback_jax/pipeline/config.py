@@ -132,19 +132,28 @@ def build_config(gin_files=(), gin_params=()) -> PipelineConfig:
   """Parses gin files and bindings, then builds every config object from them.
 
   Raises:
-    ValueError / gin errors naming the unknown or malformed binding.
+    InputError: a gin file is missing or malformed, a binding names an unknown parameter, a
+      required value (e.g. ``TrainConfig.num_steps``) is unbound, or a config class rejects
+      a value; the message names the gin files and gin's explanation.
   """
-  gin.clear_config()
-  gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
-  kwargs = {}
-  for field, (cls, scope) in NESTED.items():
-    make = gin.get_configurable(cls)
-    if scope:
-      with gin.config_scope(scope):
+  from humpback_jax.errors import InputError
+  try:
+    gin.clear_config()
+    gin.parse_config_files_and_bindings(list(gin_files), list(gin_params))
+    kwargs = {}
+    for field, (cls, scope) in NESTED.items():
+      make = gin.get_configurable(cls)
+      if scope:
+        with gin.config_scope(scope):
+          kwargs[field] = make()
+      else:
         kwargs[field] = make()
-    else:
-      kwargs[field] = make()
-  return gin.get_configurable(PipelineConfig)(**kwargs)
+    return gin.get_configurable(PipelineConfig)(**kwargs)
+  except InputError:
+    raise
+  except (ValueError, TypeError, KeyError, OSError, SyntaxError) as e:
+    raise InputError(f"config {list(gin_files) or '(no --gin_file)'}: "
+                     f"{' '.join(str(e).split())}") from e
 
 
 def build_section(cls, gin_files=(), gin_params=(), scope: str | None = None):

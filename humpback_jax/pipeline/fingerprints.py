@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 from typing import Any
 
 # Above this a file is identified by (size, mtime) rather than content (our choice: hashing a
@@ -51,6 +52,8 @@ def file_digest(path: str | os.PathLike) -> str:
           entries.append((str(p.relative_to(path)), file_digest(p)))
       return _digest(sorted(entries))
     st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or device: never open it (it could block)
+      return f"not a regular file (mode {stat.filemode(st.st_mode)})"
     if st.st_size > CONTENT_HASH_MAX_BYTES:
       return _digest({"size": st.st_size, "mtime_ns": st.st_mtime_ns})
     h = hashlib.sha256()
