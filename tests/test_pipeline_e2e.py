@@ -144,6 +144,8 @@ def test_interrupted_curation_resumes(run_dir):
   redone = jsonl.read_jsonl(run_dir / "data/scores_M1.jsonl")
   assert [r["id"] for r in redone] == [r["id"] for r in scores]
   assert redone[:8] == keep  # finished work was not redone
+  # ... and the rest equals the uninterrupted run's (per-record keys, fixed chunks)
+  assert redone == scores
   assert _manifest(run_dir)["stages"]["curate_M1"]["status"] == "done"
 
 
