@@ -36,9 +36,23 @@ MeshAxes = str | tuple[str, ...] | None
 LogicalRules = Sequence[tuple[str, MeshAxes]]
 
 DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, MeshAxes], ...] = (
-    # Activations / batches.
+    # Batches (host data).
     ("batch", ("data", "fsdp")),
     ("length", None),
+    # Activations inside the model (models/llama.py, ActivationSharding): rows over data x
+    # fsdp, the model width replicated (fsdp shards the batch, not the activations' embed),
+    # heads / MLP width / vocabulary over tensor (MaxText's activation_* names).
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    # KV cache of the sampler: [B, S, KV, Dh] per layer.
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_sequence", None),
+    ("cache_heads", "tensor"),
     # Parameters (names from models/llama.py).
     ("vocab", "tensor"),
     ("embed", "fsdp"),
@@ -49,6 +63,9 @@ DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("layers", None),
     ("norm", None),
 )
+
+
+_WARNED: set[str] = set()
 
 
 class UnknownLogicalAxisError(KeyError):
@@ -170,7 +187,9 @@ def logical_to_mesh_spec(logical: PartitionSpec | Sequence[str | None],
                f"divisible by mesh axes {axes_t} (size {parts})")
         if strict:
           raise ValueError(msg)
-        logging.warning("%s; replicating this dimension", msg)
+        if msg not in _WARNED:  # once per message, not at every trace
+          _WARNED.add(msg)
+          logging.warning("%s; replicating this dimension", msg)
         axes_t = ()
     for a in axes_t:
       if a in used:
@@ -228,3 +247,31 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules = DEFAULT_LOGICAL_AXIS_RULES
 def replicated(mesh: Mesh) -> NamedSharding:
   """Fully replicated sharding on ``mesh`` (scalars, RNG keys, metrics)."""
   return NamedSharding(mesh, PartitionSpec())
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSharding:
+  """Constrains a model's activations to their logical shardings on ``mesh``.
+
+  Passed to ``Llama(config, sharding=...)``; hashable, so it can be part of a jitted
+  function's static configuration. Uses the same strict rules as the parameters: a logical
+  name without a rule raises ``UnknownLogicalAxisError`` (never a silent replication); a
+  dimension the mesh axes do not divide is replicated with one warning.
+
+  Attributes:
+    mesh: the device mesh.
+    rules: logical axis rules (``DEFAULT_LOGICAL_AXIS_RULES``), a tuple of pairs.
+  """
+
+  mesh: Mesh
+  rules: tuple = DEFAULT_LOGICAL_AXIS_RULES
+
+  def spec(self, names: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec:
+    """The mesh ``PartitionSpec`` of an activation with these logical names and shape."""
+    return logical_to_mesh_spec(names, self.rules, shape=shape, mesh=self.mesh,
+                                name="activation " + "/".join(str(n) for n in names))
+
+  def constrain(self, x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """``jax.lax.with_sharding_constraint`` of ``x`` to ``names`` (one per dimension)."""
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(self.mesh, self.spec(names, x.shape)))

@@ -12,6 +12,15 @@ from typing import Any
 import jax.numpy as jnp
 
 
+# remat_policy -> jax.checkpoint_policies name (None: nothing saved; "none": no remat at all).
+REMAT_POLICIES: dict[str, str | None] = {
+    "none": "everything_saveable",
+    "full": None,
+    "dots_saveable": "dots_saveable",
+    "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
   """Shape and numerics of a LLaMA-family decoder.
@@ -32,7 +41,11 @@ class LlamaConfig:
     dtype: compute dtype of activations ("float32" or "bfloat16"); logits are always float32.
     param_dtype: storage dtype of parameters.
     dropout_rate: residual dropout probability used in training ([HB] Table 18: 0.1).
-    remat: rematerialize each block in the backward pass (saves activation memory).
+    remat_policy: what each decoder block keeps for the backward pass (``REMAT_POLICIES``):
+      "none" (keep every activation: fastest, most memory), "full" (keep only the block's
+      input and recompute the rest: least memory), "dots_saveable" (keep matmul outputs),
+      "dots_with_no_batch_dims_saveable" (keep weight matmuls, recompute attention scores),
+      "save_dot_except_mlp" is not offered; names follow ``jax.checkpoint_policies``.
     logits_dot_in_fp32: compute the final norm and the output projection (``lm_head`` or the
       tied embedding) in float32 whatever ``dtype`` is (MaxText's flag of the same name). The
       next-token scoring of self-curation turns it on, so that a bfloat16 model's scores are
@@ -53,10 +66,13 @@ class LlamaConfig:
   dtype: str = "float32"
   param_dtype: str = "float32"
   dropout_rate: float = 0.0
-  remat: bool = False
+  remat_policy: str = "none"
   logits_dot_in_fp32: bool = False
 
   def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of "
+                       f"{sorted(REMAT_POLICIES)}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")

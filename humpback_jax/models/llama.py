@@ -23,6 +23,13 @@ Parameters are a plain pytree ``{"params": {...}}``:
 ``model.init`` returns these wrapped in ``nn.LogicallyPartitioned`` boxes (the logical names
 above); ``nn.unbox`` gives the plain arrays that ``apply`` and the converters use.
 
+Activation sharding. ``Llama(config, sharding=...)`` with a ``sharding.ActivationSharding``
+constrains the residual stream, the attention projections, the MLP hidden activations, the
+logits and the KV cache to their logical shardings (``activation_batch``, ``activation_length``,
+``activation_embed``, ``activation_heads``, ``activation_kv_heads``, ``activation_mlp``,
+``activation_vocab``; ``cache_batch``, ``cache_sequence``, ``cache_heads``), so that XLA never
+replicates them over the mesh. Without it (the default) nothing is constrained.
+
 Masks. Every call takes ``segment_ids`` (int32 [B, T]; 0 = padding, equal non-zero ids = one
 packed example). A query attends to a key iff both have the same non-zero segment id and the key
 is not in the future. With a KV cache the keys are the cache slots, whose segment ids are kept
@@ -37,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from humpback_jax.models.config import LlamaConfig
+from humpback_jax.models.config import REMAT_POLICIES, LlamaConfig
 
 KVCache = dict  # {"k","v": [L,B,S,KV,Dh]; "segment_ids": int32[B,S]; "index": int32[]}
 
@@ -47,6 +54,14 @@ _NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
 def _acc(dtype) -> Any:
   """Accumulation dtype: float32, or float64 for a float64 model (exactness tests)."""
   return jnp.promote_types(dtype, jnp.float32)
+
+
+def _constrain(sharding, x, names):
+  """``sharding.constrain(x, names)`` (logical names per dimension), or ``x`` unchanged."""
+  return x if sharding is None else sharding.constrain(x, names)
+
+
+_RESIDUAL = ("activation_batch", "activation_length", "activation_embed")
 
 
 def _dense_init(names):
@@ -98,10 +113,12 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 class Attention(nn.Module):
   config: LlamaConfig
+  sharding: Any = None
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, layer_cache, cache_index):
     cfg = self.config
+    c = lambda y, names: _constrain(self.sharding, y, names)
     h, kv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     dense = lambda feats, axis, names, name: nn.DenseGeneral(
         feats, axis=axis, use_bias=False, dtype=cfg.compute_dtype,
@@ -109,16 +126,20 @@ class Attention(nn.Module):
     q = dense((h, dh), -1, ("embed", "heads", "head_dim"), "q_proj")(x)
     k = dense((kv, dh), -1, ("embed", "kv_heads", "head_dim"), "k_proj")(x)
     v = dense((kv, dh), -1, ("embed", "kv_heads", "head_dim"), "v_proj")(x)
-    q = apply_rope(q, cos, sin)
-    k = apply_rope(k, cos, sin)
+    q = c(apply_rope(q, cos, sin), ("activation_batch", "activation_length", "activation_heads",
+                                     None))
+    k = c(apply_rope(k, cos, sin), ("activation_batch", "activation_length",
+                                     "activation_kv_heads", None))
+    v = c(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
 
     new_cache = None
     if layer_cache is not None:
       k_cache, v_cache = layer_cache
       zero = jnp.zeros((), cache_index.dtype)  # offsets share one int dtype (also with x64)
       at = (zero, cache_index, zero, zero)
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at)
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at)
+      cache_names = ("cache_batch", "cache_sequence", "cache_heads", None)
+      k = c(jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), at), cache_names)
+      v = c(jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at), cache_names)
       new_cache = (k, v)
 
     b, t = q.shape[:2]
@@ -128,27 +149,34 @@ class Attention(nn.Module):
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.compute_dtype))
-    out = out.reshape(b, t, h, dh)
+    out = c(out.reshape(b, t, h, dh), ("activation_batch", "activation_length",
+                                       "activation_heads", None))
     out = dense(cfg.hidden_size, (-2, -1), ("heads", "head_dim", "embed"), "o_proj")(out)
-    return out, new_cache
+    return c(out, _RESIDUAL), new_cache
 
 
 class MLP(nn.Module):
   config: LlamaConfig
+  sharding: Any = None
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config
+    hidden = ("activation_batch", "activation_length", "activation_mlp")
     dense = lambda feats, names, name: nn.Dense(
         feats, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
         kernel_init=_dense_init(names), name=name)
-    gate = dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x)
-    up = dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+    gate = _constrain(self.sharding, dense(cfg.intermediate_size, ("embed", "mlp"),
+                                           "gate_proj")(x), hidden)
+    up = _constrain(self.sharding, dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x),
+                    hidden)
     # SiLU as x / (1 + exp(-x)), the formula of PyTorch's kernel (jax.nn.silu's x * sigmoid(x)
     # rounds differently, enough to move SmolLM2's logits by ~2e-5 over 30 layers).
     gate32 = gate.astype(_acc(gate.dtype))
     act = (gate32 / (1.0 + jnp.exp(-gate32))).astype(gate.dtype)
-    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(act * up)
+    out = dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(
+        _constrain(self.sharding, act * up, hidden))
+    return _constrain(self.sharding, out, _RESIDUAL)
 
 
 class DecoderLayer(nn.Module):
@@ -156,17 +184,19 @@ class DecoderLayer(nn.Module):
 
   config: LlamaConfig
   deterministic: bool = True
+  sharding: Any = None
 
   @nn.compact
   def __call__(self, x, layer_cache, cos, sin, mask, cache_index):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.compute_dtype, cfg.weight_dtype, name=name)
     drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-    attn_out, new_cache = Attention(cfg, name="attn")(
+    x = _constrain(self.sharding, x, _RESIDUAL)
+    attn_out, new_cache = Attention(cfg, self.sharding, name="attn")(
         norm("input_norm")(x), cos, sin, mask, layer_cache, cache_index)
     x = x + drop(attn_out)
-    x = x + drop(MLP(cfg, name="mlp")(norm("post_attn_norm")(x)))
-    return x, new_cache
+    x = x + drop(MLP(cfg, self.sharding, name="mlp")(norm("post_attn_norm")(x)))
+    return _constrain(self.sharding, x, _RESIDUAL), new_cache
 
 
 def attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots):
@@ -199,6 +229,7 @@ class Llama(nn.Module):
 
   config: LlamaConfig
   deterministic: bool = True
+  sharding: Any = None  # a sharding.ActivationSharding, or None (no constraints)
 
   @nn.compact
   def __call__(self, tokens, positions, segment_ids=None, cache: KVCache | None = None,
@@ -211,7 +242,7 @@ class Llama(nn.Module):
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(stddev=0.02), ("vocab", "embed")),
         name="embed_tokens")
-    x = embed(tokens)
+    x = _constrain(self.sharding, embed(tokens), _RESIDUAL)
     t = tokens.shape[1]
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, _acc(cfg.compute_dtype))
 
@@ -231,8 +262,10 @@ class Llama(nn.Module):
       xs = (cache["k"], cache["v"])
 
     block = DecoderLayer
-    if cfg.remat:
-      block = nn.remat(block, prevent_cse=False)
+    if cfg.remat_policy != "none":
+      policy = REMAT_POLICIES[cfg.remat_policy]
+      block = nn.remat(block, prevent_cse=False,
+                       policy=None if policy is None else getattr(jax.checkpoint_policies, policy))
     layers = nn.scan(
         block,
         variable_axes={"params": 0},
@@ -240,7 +273,7 @@ class Llama(nn.Module):
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
-    )(cfg, deterministic=self.deterministic, name="layers")
+    )(cfg, deterministic=self.deterministic, sharding=self.sharding, name="layers")
     x, new_kv = layers(x, xs, cos, sin, mask, cache_index)
 
     if last_logits_only:
@@ -255,7 +288,8 @@ class Llama(nn.Module):
       logits = nn.Dense(
           cfg.vocab_size, use_bias=False, dtype=head_dtype, param_dtype=cfg.weight_dtype,
           kernel_init=_dense_init(("embed", "vocab")), name="lm_head")(x)
-    logits = logits.astype(_acc(cfg.compute_dtype))
+    logits = _constrain(self.sharding, logits.astype(_acc(cfg.compute_dtype)),
+                        ("activation_batch", "activation_length", "activation_vocab"))
 
     new_cache = None
     if cache is not None:

@@ -120,11 +120,12 @@ def _is_eos(tokens: jax.Array, eos_ids: jax.Array) -> jax.Array:
   return jnp.any(tokens[:, None] == eos_ids[None, :], axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "strategy"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "strategy",
+                                             "sharding"))
 def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
               rng: jax.Array, eos_ids: jax.Array, pad_id: jax.Array, *, config: LlamaConfig,
-              max_new_tokens: int, strategy: Strategy) -> SampleOutput:
-  model = Llama(config)
+              max_new_tokens: int, strategy: Strategy, sharding=None) -> SampleOutput:
+  model = Llama(config, sharding=sharding)
   b, p = prompt_tokens.shape
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, p)
@@ -140,6 +141,10 @@ def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Arra
   # computes only f32[B, 1, V].
   # Slots needed: P prompt tokens + (N - 1) fed-back samples; the last sample is never fed.
   cache = init_cache(config, b, p + max_new_tokens)
+  if sharding is not None:  # [L, B, S, KV, Dh]: rows over data x fsdp, heads over tensor
+    names = ("layers", "cache_batch", "cache_sequence", "cache_heads", None)
+    cache = dict(cache, k=sharding.constrain(cache["k"], names),
+                 v=sharding.constrain(cache["v"], names))
   if p > 1:
     _, cache = model.apply(params, prompt_tokens[:, :-1], positions[:, :-1],
                            segment_ids[:, :-1], cache=cache)
@@ -201,7 +206,8 @@ def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Arra
 
 def generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, *,
              config: LlamaConfig, max_new_tokens: int, eos_ids: Sequence[int],
-             strategy: Strategy, rng: jax.Array, pad_id: int = 0) -> SampleOutput:
+             strategy: Strategy, rng: jax.Array, pad_id: int = 0,
+             sharding=None) -> SampleOutput:
   """Samples up to ``max_new_tokens`` tokens after each left-padded prompt.
 
   One prefill call over prompt columns 0..P-2 (the last column is the loop's first input, so
@@ -224,6 +230,8 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array
       ``fold_in(rng[b], s)``; or one key uint32 [2], which gives row b the key
       ``fold_in(rng, b)``. Greedy ignores it.
     pad_id: written after a row's first EOS and in unused columns (traced).
+    sharding: a ``sharding.ActivationSharding`` (static): activations and the KV cache are
+      constrained to their logical shardings on its mesh; None leaves placement to XLA.
   Returns:
     ``SampleOutput`` with tokens int32 [B, N], lengths int32 [B] (including the EOS),
     finished bool [B], steps int32 [].
@@ -249,24 +257,25 @@ def generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array
   if rng.shape[0] != b:
     raise ValueError(f"rng must be one key or one key per row [B={b}, 2], got {rng.shape}")
   return _generate(params, prompt_tokens, prompt_lengths, rng, eos, jnp.int32(pad_id),
-                   config=config, max_new_tokens=int(max_new_tokens), strategy=strategy)
+                   config=config, max_new_tokens=int(max_new_tokens), strategy=strategy,
+                   sharding=sharding)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jax.jit, static_argnames=("config", "sharding"))
 def _next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
-                         *, config: LlamaConfig) -> jax.Array:
+                         *, config: LlamaConfig, sharding=None) -> jax.Array:
   prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, prompt_tokens.shape[1])
   segment_ids, positions = _prompt_layout(prompt_tokens, prompt_lengths)
   prompt_tokens = jnp.where(segment_ids > 0, prompt_tokens.astype(jnp.int32), 0)
   # Left padding: column P-1 is every row's last real token, the only one projected. Scores
   # are read from float32 logits (final norm and head in float32) whatever the model dtype.
-  logits, _ = Llama(config.replace(logits_dot_in_fp32=True)).apply(
+  logits, _ = Llama(config.replace(logits_dot_in_fp32=True), sharding=sharding).apply(
       params, prompt_tokens, positions, segment_ids, last_logits_only=True)
   return jax.nn.log_softmax(logits[:, -1], axis=-1)
 
 
 def next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
-                        *, config: LlamaConfig) -> jax.Array:
+                        *, config: LlamaConfig, sharding=None) -> jax.Array:
   """Log-probabilities of the token following each left-padded prompt (one forward pass).
 
   Only the last column is projected to the vocabulary (no f32[B, P, V] logits), and that
@@ -278,6 +287,7 @@ def next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths
     prompt_lengths: int32 [B] real tokens per row (>= 1 for a meaningful result; a row of
       length 0 gives finite garbage).
     config: model configuration (static).
+    sharding: ``sharding.ActivationSharding`` (static) or None, as for ``generate``.
   Returns:
     float32 [B, V] log-softmax of the last position's logits.
   Raises:
@@ -286,7 +296,8 @@ def next_token_logprobs(params: Params, prompt_tokens: jax.Array, prompt_lengths
   if prompt_tokens.ndim != 2 or prompt_lengths.shape != prompt_tokens.shape[:1]:
     raise ValueError(f"bad shapes: prompt_tokens {prompt_tokens.shape}, "
                      f"prompt_lengths {prompt_lengths.shape}")
-  return _next_token_logprobs(params, prompt_tokens, prompt_lengths, config=config)
+  return _next_token_logprobs(params, prompt_tokens, prompt_lengths, config=config,
+                              sharding=sharding)
 
 
 class Tokenizer(Protocol):
@@ -409,7 +420,7 @@ class Sampler:
 
   def __init__(self, config: LlamaConfig, tokenizer: Tokenizer, *, max_prompt_len: int,
                batch_size: int, bucket: int = 64, mesh: jax.sharding.Mesh | None = None,
-               data_axis: str = "data", prompt_overflow: str = "truncate",
+               rules: tuple | None = None, prompt_overflow: str = "truncate",
                owner: str = "Sampler"):
     """Constructor.
 
@@ -419,17 +430,21 @@ class Sampler:
       max_prompt_len: longest prompt kept (tokens); longer ones lose their middle.
       batch_size: rows per device call (fixed; the last batch is filled).
       bucket: prompt widths are rounded up to a multiple of this (tokens).
-      mesh: if given, batches are sharded along ``data_axis`` (params are placed by the
-        caller).
-      data_axis: mesh axis name for the batch.
+      mesh: a ``("data", "fsdp", "tensor")`` mesh (``sharding.make_mesh``; a mesh with a
+        subset of these axes works too). Batches are sharded by ``rules``' ``batch`` entry
+        (rows over data x fsdp), activations and the KV cache by their ``activation_*`` and
+        ``cache_*`` entries (heads over tensor). Parameters should already be placed on the
+        mesh (``place_params``); host arrays work but are uploaded at every call.
+      rules: logical axis rules (default ``sharding.DEFAULT_LOGICAL_AXIS_RULES``).
       prompt_overflow: "truncate" (cut the middle, count it) or "error" for a prompt longer
         than ``max_prompt_len``.
       owner: the config class the budgets come from, named in errors.
     Raises:
       ValueError: on non-positive sizes, an unknown ``prompt_overflow``, or batch_size not
-        divisible by the data axis size.
+        divisible by the number of batch shards.
       ContextLengthError: ``max_prompt_len`` alone exceeds ``config.max_seq_len``.
     """
+    from humpback_jax import sharding as shd
     if max_prompt_len < 1 or batch_size < 1 or bucket < 1:
       raise ValueError(f"need positive sizes: max_prompt_len={max_prompt_len}, "
                        f"batch_size={batch_size}, bucket={bucket}")
@@ -444,13 +459,20 @@ class Sampler:
     self.max_prompt_len = max_prompt_len
     self.batch_size = batch_size
     self.bucket = bucket
-    self._sharding = None
+    self.mesh = mesh
+    self.activation_sharding = None
+    self._rows = None  # mesh axes of the batch dimension
     if mesh is not None:
-      shards = mesh.shape[data_axis]
+      rules = tuple(shd.DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules)
+      known = set(mesh.axis_names)
+      rules = tuple((name, _keep_axes(axes, known)) for name, axes in rules)
+      self._rows = shd.logical_to_mesh_spec(("batch",), rules, mesh=mesh)[0]
+      shards = shd.batch_parallel_size(mesh) if {"data", "fsdp"} <= known else int(
+          np.prod([mesh.shape[a] for a in _axes_tuple(self._rows)]))
       if batch_size % shards:
-        raise ValueError(f"batch_size={batch_size} not divisible by mesh axis "
-                         f"{data_axis!r} of size {shards}")
-      self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(data_axis))
+        raise ValueError(f"{owner}.batch_size={batch_size} is not divisible by the {shards} "
+                         f"batch shards of the mesh {dict(mesh.shape)}")
+      self.activation_sharding = shd.ActivationSharding(mesh, rules)
     self.stats: dict[str, int] = {"prompts": 0, "truncated_prompts": 0, "batches": 0,
                                   "generated_tokens": 0, "unfinished": 0}
 
@@ -498,7 +520,20 @@ class Sampler:
     return batches
 
   def _put(self, x: np.ndarray) -> jax.Array:
-    return jnp.asarray(x) if self._sharding is None else jax.device_put(x, self._sharding)
+    """A host batch array (rows first) onto the device(s): rows split over the batch axes."""
+    if self.mesh is None:
+      return jnp.asarray(x)
+    spec = jax.sharding.PartitionSpec(self._rows, *([None] * (np.ndim(x) - 1)))
+    return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+
+  def place_params(self, params: Params) -> Params:
+    """Puts ``params`` onto the mesh with their logical shardings (``sharding.param_shardings``)
+    once, so that no call re-uploads the model; without a mesh, onto the default device."""
+    if self.mesh is None:
+      return jax.device_put(params)
+    from humpback_jax import sharding as shd
+    return jax.device_put(params, shd.param_shardings(
+        self.config, self.mesh, self.activation_sharding.rules))
 
   def generate_texts(self, params: Params, prompts: Sequence[str], *, max_new_tokens: int,
                      strategy: Strategy, seed: int, keys: Sequence[str | int] | None = None,
@@ -539,7 +574,7 @@ class Sampler:
                      config=self.config, max_new_tokens=max_new_tokens,
                      eos_ids=(self.tokenizer.eos_id,), strategy=strategy,
                      rng=self._put(batch_keys),
-                     pad_id=self.tokenizer.pad_id)
+                     pad_id=self.tokenizer.pad_id, sharding=self.activation_sharding)
       tokens, lengths, done = jax.device_get((out.tokens, out.lengths, out.finished))
       for r, i in enumerate(batch.rows):
         n = int(lengths[r]) - int(done[r])
@@ -590,7 +625,7 @@ class Sampler:
     out = np.zeros(cand.shape, np.float32)
     for batch in _maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"):
       logp = next_token_logprobs(params, self._put(batch.tokens), self._put(batch.lengths),
-                                 config=self.config)
+                                 config=self.config, sharding=self.activation_sharding)
       rows_cand = np.zeros((self.batch_size, cand.shape[1]), np.int32)
       rows_cand[:len(batch.rows)] = cand[batch.rows]
       lp = np.asarray(jax.device_get(
@@ -609,6 +644,17 @@ class Sampler:
     """
     lp = self.candidate_logprobs(params, prompts, candidate_token_ids, progress=progress)
     return np.asarray(jax.nn.softmax(lp, axis=-1), np.float32)
+
+
+def _axes_tuple(axes) -> tuple:
+  return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+
+
+def _keep_axes(axes, known: set):
+  """A rule's mesh axes restricted to those the mesh has (a 1-axis ``("data",)`` mesh drops
+  ``fsdp``/``tensor``)."""
+  kept = tuple(a for a in _axes_tuple(axes) if a in known)
+  return None if not kept else (kept[0] if len(kept) == 1 else kept)
 
 
 def _maybe_tqdm(items, progress: bool, desc: str):

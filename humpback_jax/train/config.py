@@ -49,6 +49,11 @@ class TrainConfig:
       (chosen deterministically from the data seed, ``data.iterator.make_train_iterator``'s
       ``holdout``); 0 = none. Changes the training data, so it is a math field.
     mesh: device mesh axis sizes.
+    remat_policy: what each decoder block keeps for the backward pass
+      (``models.config.REMAT_POLICIES``: "none", "full", "dots_saveable",
+      "dots_with_no_batch_dims_saveable"). Memory, not math: not a math field, so a run may
+      resume with another policy. "full" is what lets Llama-2-7B train on 16 GiB chips
+      (``tools/memory_plan.py``).
   """
 
   num_steps: int
@@ -70,8 +75,13 @@ class TrainConfig:
   eval_every: int = 0
   eval_examples: int = 0
   mesh: MeshConfig = MeshConfig()
+  remat_policy: str = "none"
 
   def __post_init__(self):
+    from humpback_jax.models.config import REMAT_POLICIES
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"TrainConfig.remat_policy={self.remat_policy!r}: expected one of "
+                       f"{sorted(REMAT_POLICIES)}")
     if self.num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
     if not 0 <= self.warmup_steps < self.num_steps:

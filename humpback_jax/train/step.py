@@ -33,8 +33,12 @@ def _all_finite(tree) -> jax.Array:
 
 
 def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
-                  optimizer: optax.GradientTransformation) -> TrainStep:
+                  optimizer: optax.GradientTransformation,
+                  sharding: shd.ActivationSharding | None = None) -> TrainStep:
   """The un-jitted step ``(state, batch, rng) -> (new state, metrics)``.
+
+  ``sharding`` constrains the model's activations (residual stream, attention, MLP, logits) to
+  their logical shardings on the mesh (``models/llama.py``); None leaves them to XLA.
 
   Dropout is on (``train_config.dropout_rate``, ``deterministic=False``). ``rng`` is the run's
   base dropout key (the loop passes ``PRNGKey(train_config.seed)`` at every step); the step
@@ -47,8 +51,9 @@ def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
   and ``finite`` (bool: loss, grad_norm and every updated parameter are finite; the loop stops
   on False and never checkpoints such a state).
   """
-  model = Llama(model_config.replace(dropout_rate=train_config.dropout_rate),
-                deterministic=False)
+  model = Llama(model_config.replace(dropout_rate=train_config.dropout_rate,
+                                     remat_policy=train_config.remat_policy),
+                deterministic=False, sharding=sharding)
   schedule = learning_rate_schedule(train_config)
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
@@ -88,13 +93,15 @@ def make_train_step(model_config: LlamaConfig, train_config: TrainConfig,
   """
   rep = shd.replicated(mesh)
   batch_shard = {k: shd.batch_sharding(mesh, rules) for k in BATCH_KEYS}
-  return jax.jit(train_step_fn(model_config, train_config, optimizer),
+  sharding = shd.ActivationSharding(mesh, tuple(rules))
+  return jax.jit(train_step_fn(model_config, train_config, optimizer, sharding),
                  in_shardings=(state_shardings, batch_shard, rep),
                  out_shardings=(state_shardings, rep),
                  donate_argnums=0)
 
 
-def eval_step_fn(model_config: LlamaConfig) -> EvalStep:
+def eval_step_fn(model_config: LlamaConfig,
+                 sharding: shd.ActivationSharding | None = None) -> EvalStep:
   """The un-jitted evaluation step ``(params, batch) -> sums`` (dropout off).
 
   Returns:
@@ -102,7 +109,7 @@ def eval_step_fn(model_config: LlamaConfig) -> EvalStep:
     of loss weights) and ``correct`` (weighted argmax hits); the loop sums them over the
     held-out batches, so the evaluation loss is a token-level mean like the training loss.
   """
-  model = Llama(model_config.replace(dropout_rate=0.0), deterministic=True)
+  model = Llama(model_config.replace(dropout_rate=0.0), deterministic=True, sharding=sharding)
 
   def step(params, batch: dict):
     logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
@@ -126,5 +133,6 @@ def make_eval_step(model_config: LlamaConfig, mesh: Mesh, param_shardings,
   """
   rep = shd.replicated(mesh)
   batch_shard = {k: shd.batch_sharding(mesh, rules) for k in BATCH_KEYS}
-  return jax.jit(eval_step_fn(model_config), in_shardings=(param_shardings, batch_shard),
+  sharding = shd.ActivationSharding(mesh, tuple(rules))
+  return jax.jit(eval_step_fn(model_config, sharding), in_shardings=(param_shardings, batch_shard),
                  out_shardings=rep)
