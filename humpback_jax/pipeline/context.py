@@ -108,7 +108,19 @@ class RunContext:
     self.data_root = config.data_root or str(paths.default_data_root())
     self._base = None
     self._tokenizer = None
+    self._mesh = None
     self.force = False  # set by the runner while a stage runs with --force
+
+  @property
+  def mesh(self):
+    """The run's device mesh (``forward/TrainConfig.mesh`` over every device), built once and
+    shared by the sampling stages; with one device, a 1 x 1 x 1 mesh."""
+    if self._mesh is None:
+      import jax
+
+      from humpback_jax import sharding as shd
+      self._mesh = shd.make_mesh(self.config.forward_train.mesh, jax.devices())
+    return self._mesh
 
   def path(self, rel: str) -> pathlib.Path:
     p = self.run_dir / rel

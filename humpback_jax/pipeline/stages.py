@@ -143,13 +143,20 @@ def train_forward(t: int) -> Callable[[RunContext], dict]:
 # --------------------------------------------------------------------------- sampling stages
 
 
-def _sampler(ctx: RunContext, model_cfg, cfg, owner: str):
-  """A ``Sampler`` with ``cfg``'s prompt budget, batch size and overflow policy; refuses
-  budgets beyond the model's context length (naming ``owner``'s fields)."""
+def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
+  """A ``Sampler`` on the run's mesh with ``cfg``'s prompt budget, batch size and overflow
+  policy, and ``params`` placed on the mesh once (sharded by the logical rules). Refuses
+  budgets beyond the model's context length (naming ``owner``'s fields).
+
+  Returns:
+    (sampler, placed params).
+  """
   from humpback_jax.sample.sampler import Sampler, check_context_length
   check_context_length(model_cfg, cfg.max_prompt_len, cfg.max_new_tokens, owner)
-  return Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
-                 batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner)
+  sampler = Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
+                    batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner,
+                    mesh=ctx.mesh)
+  return sampler, sampler.place_params(params)
 
 
 def augment(ctx: RunContext) -> dict:
@@ -171,7 +178,7 @@ def augment(ctx: RunContext) -> dict:
   if cfg.max_segments is not None:
     segments = segments[:cfg.max_segments]
   model_cfg, params = _load_trained(ctx, "M_yx")
-  sampler = _sampler(ctx, model_cfg, cfg, "GenerationConfig")
+  sampler, params = _sampler(ctx, model_cfg, cfg, "GenerationConfig", params)
   strategy = Sampling(temperature=cfg.temperature, top_p=cfg.top_p)
   partial = ctx.path("data/candidates.partial.jsonl")
   with jsonl.JsonlAppender(partial) as out:
@@ -226,7 +233,7 @@ def curate_with(t: int) -> Callable[[RunContext], dict]:
     cfg = ctx.config.curation
     candidates = jsonl.read_jsonl(ctx.run_dir / "data/candidates.jsonl")
     model_cfg, params = _load_trained(ctx, f"M{t}")
-    sampler = _sampler(ctx, model_cfg, cfg, "CurationConfig")
+    sampler, params = _sampler(ctx, model_cfg, cfg, "CurationConfig", params)
     scores = rate.rate_pairs(
         candidates, sampler=sampler, params=params, tokenizer=ctx.tokenizer, cfg=cfg,
         seed=ctx.config.seed_value + 1000 * (t + 1), progress=ctx.progress,
@@ -263,8 +270,8 @@ def answer_final(ctx: RunContext) -> dict:
   items = load_eval_prompts(paths.resolve(cfg.eval_file, ctx.data_root), cfg.final_samples)
   name = f"M{cfg.iterations}"
   model_cfg, params = _load_trained(ctx, name)
-  sampler = _sampler(ctx, model_cfg, dataclasses.replace(
-      cfg.augment, max_new_tokens=cfg.final_max_new_tokens), "GenerationConfig")
+  sampler, params = _sampler(ctx, model_cfg, dataclasses.replace(
+      cfg.augment, max_new_tokens=cfg.final_max_new_tokens), "GenerationConfig", params)
   prompts = [templates.forward_prompt(ctx.tokenizer, it["instruction"], templates.INFERENCE_TAGS)
              for it in items]
   texts, finished = sampler.generate_texts(
