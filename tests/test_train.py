@@ -140,8 +140,8 @@ def test_weighted_cross_entropy():
 # ---------------------------------------------------------------------------- sharded step
 
 
-def _run_steps(params0, mesh_cfg, devices, n=2, dtype="float32"):
-  cfg = tcfg(mesh=mesh_cfg)
+def _run_steps(params0, mesh_cfg, devices, n=2, dtype="float32", **train_kw):
+  cfg = tcfg(mesh=mesh_cfg, **train_kw)
   model_cfg = CFG.replace(dtype=dtype, param_dtype=dtype)
   mesh = shd.make_mesh(mesh_cfg, devices)
   opt = make_optimizer(cfg)
@@ -517,3 +517,45 @@ def test_fine_tune_reuses_only_what_the_same_inputs_produced(params0, tmp_path):
   (tmp_path / "M0" / "params" / training.FINGERPRINT_FILE).unlink()
   with pytest.raises(InputsChangedError, match="no fingerprint of the inputs was recorded"):
     training.fine_tune(**kw, base_model_id="base-A")
+
+
+def test_trainer_logs_throughput_mfu_and_tensorboard_scalars(params0, tmp_path, one_device):
+  from test_metrics import _read_scalars
+
+  from humpback_jax.train import metrics
+  cfg = tcfg(log_every=2)
+  _, summary = train(CFG, params0, batches_from, cfg, None, devices=one_device,
+                     summary_dir=tmp_path / "tb")
+  got = _read_scalars(tmp_path / "tb")
+  by_tag = {}
+  for step, tag, value in got:
+    by_tag.setdefault(tag, []).append((step, value))
+  assert [s for s, _ in by_tag["loss"]] == [2, 4]
+  for tag in ("learning_rate", "grad_norm", "tokens_per_second_per_device", "mfu"):
+    assert len(by_tag[tag]) == 2, tag
+  # MFU = padded tokens/s x model FLOPs per token / the (measured CPU) peak.
+  peak, source = metrics.device_peak_flops()
+  assert summary["peak_flops_per_device"] == peak and summary["peak_flops_source"] == source
+  last = dict(by_tag["tokens_per_second_per_device"])[4]
+  want = last * metrics.model_flops_per_token(CFG, SEQ) / peak
+  assert summary["mfu"] == pytest.approx(want, rel=1e-6) and 0 < summary["mfu"] < 1
+
+
+@pytest.mark.parametrize("mesh_cfg,micro", [(MESH_1, 2), (MESH_1, 8), (MESH_8, 2)])
+def test_gradient_accumulation_equals_the_whole_batch(params0, one_device, mesh_cfg, micro):
+  """micro_batches = A: the same update as one pass over all rows (float64, dropout off: the
+  masks are drawn per micro-batch). The last row holds padding, so micro-batches have unequal
+  target-token counts: normalising each by its own count would differ."""
+  devices = one_device if mesh_cfg is MESH_1 else jax.devices()[:8]
+  with precision("float64"):
+    whole, l1 = _run_steps(params0, mesh_cfg, devices, dtype="float64", dropout_rate=0.0)
+    acc, la = _run_steps(params0, mesh_cfg, devices, dtype="float64", dropout_rate=0.0,
+                         micro_batches=micro)
+    a, b = jax.device_get(whole.params), jax.device_get(acc.params)
+  np.testing.assert_allclose(la, l1, rtol=1e-12)
+  for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(params0)):
+    moved = np.max(np.abs(x - z))
+    assert moved > 0
+    np.testing.assert_allclose(y, x, atol=1e-9 * moved)
+  with pytest.raises(ValueError, match="micro_batches"):
+    tcfg(micro_batches=0)

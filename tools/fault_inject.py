@@ -9,7 +9,8 @@
    waits until the target stage is running (the manifest says so), sleeps a random fraction of
    that stage's reference duration, and SIGKILLs the whole process group; then it starts the
    same command again, which must resume. After the last kill the run goes to the end.
-3. Comparison with the reference: every JSONL file byte for byte (partial files included, so
+3. Comparison with the reference (TensorBoard event files, named by time, excepted): every
+   JSONL file byte for byte (partial files included, so
    a record written twice shows), every JSON file with its wall-clock fields removed, and every
    model's parameters array for array (exact equality). Records are counted by id: an id of
    the reference missing from the faulted run is lost; an id written twice in one file is
@@ -159,7 +160,8 @@ def compare(reference: pathlib.Path, faulted: pathlib.Path) -> dict:
   diffs, lost, duplicated = [], 0, 0
   for ref in sorted(reference.rglob("*")):
     rel = ref.relative_to(reference)
-    if not ref.is_file() or rel.parts[0] in (".jax_cache", "models") or rel.name in (
+    skipped_dirs = (".jax_cache", "models", "tensorboard")  # caches; models below; timed logs
+    if not ref.is_file() or rel.parts[0] in skipped_dirs or rel.name in (
         "manifest.json", "report.md", "config.gin"):
       continue
     other = faulted / rel

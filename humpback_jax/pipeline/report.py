@@ -75,11 +75,17 @@ def write_report(ctx, manifest) -> str:
               "(dropout off) on examples held out of the training file, so it tells learning "
               "from dropout noise.", "",
               "| model | examples | steps | final train loss | final held-out loss | "
-              "seconds |", "|---|---:|---:|---:|---:|---:|"]
+              "seconds | tokens/s/device | MFU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, e in trained:
       lines.append(f"| {name[len('train_'):]} | {e.get('count')} | {e.get('steps')} | "
                    f"{_fmt(e.get('final_loss'))} | {_fmt(e.get('final_eval_loss'))} | "
-                   f"{_fmt(e.get('train_seconds'))} |")
+                   f"{_fmt(e.get('train_seconds'))} | "
+                   f"{_fmt(e.get('tokens_per_second_per_device'))} | {_fmt(e.get('mfu'))} |")
+    sources = {e.get("peak_flops_source") for _, e in trained} - {None}
+    if sources:
+      lines += ["", f"MFU = model FLOPs/s (6 x matmul parameters + attention, per token) over "
+                f"the peak ({', '.join(sorted(sources))}); TensorBoard scalars in "
+                "`tensorboard/`."]
   lines += ["", "## Data", ""]
   web = stages.get("prepare_web", {}).get("stats")
   if web:

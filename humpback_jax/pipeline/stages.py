@@ -100,7 +100,8 @@ def _train(ctx: RunContext, name: str, records: list[dict], direction: str, trai
       train_file=str(train_file), direction=direction, train_config=train_cfg,
       model_dir=str(ctx.path(f"models/{name}/x").parent), seed=ctx.config.seed_value,
       progress=ctx.progress, base_model_id=ctx.base_model_id,
-      on_mismatch="restart" if ctx.force else "error")
+      on_mismatch="restart" if ctx.force else "error",
+      summary_dir=str(ctx.run_dir / "tensorboard" / name))
   summary["train_seconds"] = summary.pop("seconds", None)
   return dict(summary, count=len(records))
 

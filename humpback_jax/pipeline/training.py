@@ -86,7 +86,8 @@ def read_params_fingerprint(model_dir) -> dict | None:
 
 def fine_tune(*, model_config, base_params, tokenizer, train_file: str, direction: str,
               train_config, model_dir: str, seed: int, progress: bool = False,
-              base_model_id: str | None = None, on_mismatch: str = "error") -> dict:
+              base_model_id: str | None = None, on_mismatch: str = "error",
+              summary_dir: str | None = None) -> dict:
   """Fine-tunes the base LM on a JSONL of pairs and saves the final params.
 
   Args:
@@ -108,6 +109,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
     on_mismatch: ``"error"`` (default): a checkpoint or final params in ``model_dir`` produced
       from other inputs raise ``InputsChangedError``; ``"restart"``: they are deleted and the
       model is trained from the base weights.
+    summary_dir: TensorBoard directory of this run's scalars (``train.loop.train``).
   Returns:
     The trainer's summary without ``history`` (steps, final_loss, final_eval_loss,
     tokens_per_second, seconds, data stats) plus ``train_data_sha256``.
@@ -142,7 +144,8 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
     if changes:  # never leave stale params for later stages should the retraining fail
       shutil.rmtree(params_dir)
 
-  row_multiple = sharding.batch_parallel_size(sharding.make_mesh(train_config.mesh))
+  row_multiple = (sharding.batch_parallel_size(sharding.make_mesh(train_config.mesh)) *
+                  train_config.micro_batches)
 
   def batches_fn(start_step: int):
     return make_train_iterator(
@@ -153,7 +156,8 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
   loop_fp = {k: v for k, v in fingerprint.items() if k != "train_config"}
   params, summary = train(model_config, base_params, batches_fn, train_config,
                           str((model_dir / "ckpt").absolute()), progress=progress,
-                          fingerprint=loop_fp, on_mismatch=on_mismatch)
+                          fingerprint=loop_fp, on_mismatch=on_mismatch,
+                          summary_dir=summary_dir)
   save_params(params, params_dir, fingerprint=fingerprint)
   summary = {k: v for k, v in summary.items() if k != "history"}
   summary["train_data_sha256"] = fingerprint["train_data_sha256"]

@@ -10,7 +10,7 @@ from humpback_jax.sharding import MeshConfig
 # ``eval_examples`` is one of them: the held-out examples are not trained on.
 MATH_FIELDS = ("learning_rate", "end_learning_rate", "warmup_steps", "weight_decay",
                "dropout_rate", "batch_size", "num_steps", "sequence_length", "adam_b1",
-               "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples")
+               "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples", "micro_batches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,11 @@ class TrainConfig:
       "dots_with_no_batch_dims_saveable"). Memory, not math: not a math field, so a run may
       resume with another policy. "full" is what lets Llama-2-7B train on 16 GiB chips
       (``tools/memory_plan.py``).
+    micro_batches: gradient accumulation: each optimizer step runs its batch as this many
+      micro-batches (rows must divide by ``micro_batches x data x fsdp``), summing gradients
+      and normalising by the step's total target tokens, so the update equals one pass over
+      the whole batch while activations shrink by this factor. A math field only because
+      dropout masks are drawn per micro-batch.
   """
 
   num_steps: int
@@ -76,8 +81,11 @@ class TrainConfig:
   eval_examples: int = 0
   mesh: MeshConfig = MeshConfig()
   remat_policy: str = "none"
+  micro_batches: int = 1
 
   def __post_init__(self):
+    if self.micro_batches < 1:
+      raise ValueError(f"TrainConfig.micro_batches must be >= 1, got {self.micro_batches}")
     from humpback_jax.models.config import REMAT_POLICIES
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"TrainConfig.remat_policy={self.remat_policy!r}: expected one of "

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from humpback_jax import sharding as shd
 from humpback_jax.models.config import LlamaConfig
+from humpback_jax.train import metrics as metrics_lib
 from humpback_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from humpback_jax.train.config import TrainConfig
 from humpback_jax.train.fingerprint import (InputsChangedError, check_on_mismatch,
@@ -79,8 +80,9 @@ def _check_batch(batch: Batch, index: int | str, cfg: TrainConfig, row_multiple:
     raise ValueError(f"{what} has sequence length {length}, TrainConfig.sequence_length "
                      f"is {cfg.sequence_length}")
   if rows % row_multiple:
-    raise ValueError(f"{what} has {rows} rows, not divisible by the mesh's data*fsdp "
-                     f"= {row_multiple}; build the iterator with row_multiple={row_multiple}")
+    raise ValueError(f"{what} has {rows} rows, not divisible by the mesh's data*fsdp times "
+                     f"TrainConfig.micro_batches = {row_multiple}; build the iterator with "
+                     f"row_multiple={row_multiple}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -141,7 +143,8 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
           progress: bool = False, devices: Any = None,
           rules: shd.LogicalRules = shd.DEFAULT_LOGICAL_AXIS_RULES,
           fingerprint: Mapping[str, Any] | None = None, on_mismatch: str = "error",
-          eval_batches: Sequence[Batch] | None = None
+          eval_batches: Sequence[Batch] | None = None,
+          summary_dir: str | os.PathLike | None = None
           ) -> tuple[Any, dict]:
   """Fine-tunes ``init_params`` for ``train_config.num_steps`` steps, resuming if possible.
 
@@ -172,6 +175,10 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
       the newest one. None disables checkpointing.
     progress: show a tqdm progress bar.
     devices: devices for the mesh (default all).
+    summary_dir: TensorBoard log directory (``train.metrics.SummaryWriter``, process 0 only):
+      at every log step, loss, learning rate, grad norm, evaluation loss, tokens/s/device and
+      MFU (``train.metrics``); None writes none. The summary gets ``tokens_per_second_per_device``
+      and ``mfu`` either way.
     rules: logical axis rules.
     fingerprint: JSON-able ``{name: value}`` of the inputs, other than ``train_config``, that
       determine the result (training data hash, base model identity, ...; see
@@ -207,7 +214,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
   cfg = train_config
   check_on_mismatch(on_mismatch)
   mesh = shd.make_mesh(cfg.mesh, devices)
-  row_multiple = shd.batch_parallel_size(mesh)
+  row_multiple = shd.batch_parallel_size(mesh) * cfg.micro_batches
   rules = tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in rules)
   # Checkpoint/logging/eval cadence does not change the step: share one compiled step.
   step_cfg = cfg.replace(checkpoint_every=1, keep_checkpoints=1, log_every=1, eval_every=0)
@@ -218,6 +225,12 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
   base_key = jax.device_put(jax.random.PRNGKey(cfg.seed), rep)
   caller_fp = normalize(fingerprint)
   current_fp = {"train_config": normalize(cfg.math_dict()), **caller_fp}
+
+  # MFU denominators, outside the mesh context (the CPU peak is measured by a small matmul).
+  flops_per_token = metrics_lib.model_flops_per_token(model_config, cfg.sequence_length)
+  peak, peak_source = metrics_lib.device_peak_flops(mesh.devices.flat[0])
+  # Fake CPU devices share one host's cores, whose peak was measured as a whole.
+  mfu_devices = 1 if mesh.devices.flat[0].platform == "cpu" else mesh.size
 
   ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints) if ckpt_dir is not None else None
   history: list[dict] = []
@@ -300,6 +313,8 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
             f"saving this state; {where}", step=done, loss=loss, grad_norm=gnorm,
             checkpoint_step=last_ckpt)
 
+      writer = metrics_lib.SummaryWriter(summary_dir) if summary_dir is not None else None
+      window = [time.perf_counter(), 0]  # (start time, padded tokens) since the last log
       tokens = target_tokens = 0
       tokens_after_first = 0
       t_first = None
@@ -329,9 +344,11 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
         pending = (done, metrics)
         tokens += n_tok
         target_tokens += n_tgt
+        window[1] += int(np.size(batch["decoder_input_tokens"]))  # padded: hardware MFU
         if t_first is None:
           jax.block_until_ready(metrics)
           t_first = time.perf_counter()
+          window[:] = [t_first, 0]  # throughput excludes the first step's compilation
         else:
           tokens_after_first += n_tok
         is_last = done == cfg.num_steps
@@ -344,12 +361,21 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
         if do_log or do_eval:
           m = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
           m["step"] = done
+          now = time.perf_counter()
+          m.update({k: v for k, v in metrics_lib.step_throughput(
+              window[1], max(now - window[0], 1e-9), mfu_devices, flops_per_token,
+              peak).items() if k in ("tokens_per_second_per_device", "mfu")})
+          window[:] = [now, 0]
           if do_eval:
             t_eval = time.perf_counter()
             m.update(evaluate(state.params))
             eval_seconds += time.perf_counter() - t_eval
             last_eval = m["eval_loss"]
+          if do_eval:
+            window[0] = time.perf_counter()  # evaluation time is not training throughput
           history.append(m)
+          if writer is not None:
+            writer.write_scalars(done, {k: v for k, v in m.items() if k != "step"})
           last_loss = m["loss"]
           bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['learning_rate']:.3g}",
                           **({"eval": f"{last_eval:.4f}"} if last_eval is not None else {}))
@@ -383,6 +409,13 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
           "eval_seconds": eval_seconds,
           "history": history,
       }
+      last = history[-1] if history else {}
+      summary["tokens_per_second_per_device"] = last.get("tokens_per_second_per_device")
+      summary["mfu"] = last.get("mfu")
+      summary["peak_flops_per_device"] = peak
+      summary["peak_flops_source"] = peak_source
+      if writer is not None:
+        writer.close()
       stats = getattr(it, "stats", None)
       if isinstance(stats, dict):
         summary["data"] = dict(stats)

@@ -37,6 +37,11 @@ def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
                   sharding: shd.ActivationSharding | None = None) -> TrainStep:
   """The un-jitted step ``(state, batch, rng) -> (new state, metrics)``.
 
+  With ``train_config.micro_batches = A > 1`` the batch's rows are processed A micro-batches
+  at a time (gradient accumulation; rows must divide by A x data x fsdp) and the update is
+  the same as one pass over all rows; micro-batch i draws its dropout masks from
+  ``fold_in(fold_in(rng, step), i)``.
+
   ``sharding`` constrains the model's activations (residual stream, attention, MLP, logits) to
   their logical shardings on the mesh (``models/llama.py``); None leaves them to XLA.
 
@@ -56,16 +61,56 @@ def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
                 deterministic=False, sharding=sharding)
   schedule = learning_rate_schedule(train_config)
 
+  micro = train_config.micro_batches
+
+  def loss_fn(params, batch, rng):
+    logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
+                            batch["decoder_segment_ids"], rngs={"dropout": rng})
+    return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                  batch["decoder_loss_weights"])
+
+  def sum_fn(params, batch, rng):  # the micro-batch's summed token loss (normalised later)
+    _, m = loss_fn(params, batch, rng)
+    return m["loss_sum"], m
+
+  def accumulated(params, batch, step_rng):
+    """Gradient of the mean token loss of the whole batch, ``micro`` rows at a time: the sum
+    of the micro-batches' gradients of their summed token losses over the global count of
+    target tokens (exactly the full batch's gradient). Micro-batch i takes rows i, i + micro,
+    ..., so each device's rows feed every micro-batch."""
+    def split(x):
+      rows = x.shape[0]
+      x = x.reshape(rows // micro, micro, *x.shape[1:]).swapaxes(0, 1)
+      return x if sharding is None else sharding.constrain(
+          x, (None, "activation_batch") + (None,) * (x.ndim - 2))
+
+    def body(carry, xs):
+      grads, sums = carry
+      i, mb = xs
+      g, m = jax.grad(sum_fn, has_aux=True)(params, mb, jax.random.fold_in(step_rng, i))
+      grads = jax.tree.map(jnp.add, grads, g)
+      sums = {k: sums[k] + m[k] * (m["num_tokens"] if k == "accuracy" else 1.0) for k in sums}
+      return (grads, sums), None
+
+    acc = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
+                       params)
+    zero = jnp.zeros((), jnp.promote_types(model_config.compute_dtype, jnp.float32))
+    sums = {"loss_sum": zero, "num_tokens": zero, "accuracy": zero}
+    (grads, sums), _ = jax.lax.scan(
+        body, (acc, sums), (jnp.arange(micro), jax.tree.map(split, batch)))
+    denom = jnp.maximum(sums["num_tokens"], 1.0)
+    grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, params)
+    metrics = {"loss": sums["loss_sum"] / denom, "loss_sum": sums["loss_sum"],
+               "num_tokens": sums["num_tokens"], "accuracy": sums["accuracy"] / denom}
+    return grads, metrics
+
   def step(state: TrainState, batch: dict, rng: jax.Array):
     step_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-      logits, _ = model.apply(params, batch["decoder_input_tokens"], batch["decoder_positions"],
-                              batch["decoder_segment_ids"], rngs={"dropout": step_rng})
-      return weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                    batch["decoder_loss_weights"])
-
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if micro == 1:
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch,
+                                                                       step_rng)
+    else:
+      grads, metrics = accumulated(state.params, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
