@@ -10,8 +10,8 @@
    that stage's reference duration, and SIGKILLs the whole process group; then it starts the
    same command again, which must resume. After the last kill the run goes to the end.
 3. Comparison with the reference (TensorBoard event files, named by time, excepted): every
-   JSONL file byte for byte (partial files included, so
-   a record written twice shows), every JSON file with its wall-clock fields removed, and every
+   JSONL file byte for byte (partial files included, so a record written twice shows), every
+   JSON file with its wall-clock fields removed, and every
    model's parameters array for array (exact equality). Records are counted by id: an id of
    the reference missing from the faulted run is lost; an id written twice in one file is
    duplicated.

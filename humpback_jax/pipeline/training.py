@@ -110,6 +110,10 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
       from other inputs raise ``InputsChangedError``; ``"restart"``: they are deleted and the
       model is trained from the base weights.
     summary_dir: TensorBoard directory of this run's scalars (``train.loop.train``).
+  Once the params are saved, the optimizer-state checkpoints in ``model_dir/ckpt`` are deleted
+  (``TrainConfig.keep_train_state`` keeps them). Params already trained from the same inputs
+  are reused as they are (summary ``reused_params: True``, ``steps_run: 0``).
+
   Returns:
     The trainer's summary without ``history`` (steps, final_loss, final_eval_loss,
     tokens_per_second, seconds, data stats) plus ``train_data_sha256``.
@@ -143,6 +147,11 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
           f"on_mismatch='restart' to delete it (and its checkpoints) and retrain", changes)
     if changes:  # never leave stale params for later stages should the retraining fail
       shutil.rmtree(params_dir)
+    else:  # already trained from these very inputs: reuse, never retrain
+      _drop_train_state(model_dir, train_config)
+      return {"steps": train_config.num_steps, "start_step": train_config.num_steps,
+              "steps_run": 0, "reused_params": True,
+              "train_data_sha256": fingerprint["train_data_sha256"]}
 
   row_multiple = (sharding.batch_parallel_size(sharding.make_mesh(train_config.mesh)) *
                   train_config.micro_batches)
@@ -159,9 +168,20 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
                           fingerprint=loop_fp, on_mismatch=on_mismatch,
                           summary_dir=summary_dir)
   save_params(params, params_dir, fingerprint=fingerprint)
+  _drop_train_state(model_dir, train_config)
   summary = {k: v for k, v in summary.items() if k != "history"}
   summary["train_data_sha256"] = fingerprint["train_data_sha256"]
   return summary
+
+
+def _drop_train_state(model_dir: pathlib.Path, train_config) -> None:
+  """Deletes ``model_dir/ckpt`` (full train state: params + Adam moments, ~3x the params)
+  once the final params are saved, unless ``TrainConfig.keep_train_state``. Process 0 only."""
+  import jax
+  ckpt = model_dir / "ckpt"
+  if train_config.keep_train_state or not ckpt.exists() or jax.process_index() != 0:
+    return
+  shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None) -> None:
