@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
                     help='gin binding, e.g. "SeedConfig.max_examples = 64" (repeatable)')
     sp.add_argument("--no_progress", action="store_true", help="no progress bars")
     sp.add_argument("--verbose", action="store_true", help="print tracebacks of errors")
+    sp.add_argument("--coordinator_address", default=None,
+                    help="multi-host: host:port of process 0 (jax.distributed.initialize); "
+                    "on a TPU VM pod slice omit the three flags and pass --distributed")
+    sp.add_argument("--num_processes", type=int, default=None, help="multi-host: processes")
+    sp.add_argument("--process_id", type=int, default=None, help="multi-host: this process")
+    sp.add_argument("--distributed", action="store_true",
+                    help="multi-host with auto-discovery (Cloud TPU VMs, SLURM)")
 
   run = sub.add_parser("run", help="run every stage")
   common(run)
@@ -164,7 +171,27 @@ def main(argv=None) -> int:
     return status
 
 
+def _init_distributed(args) -> None:
+  """``jax.distributed.initialize`` when the flags ask for several processes (before any
+  other JAX call). On CPU the cross-process collectives use gloo."""
+  given = [args.coordinator_address, args.num_processes, args.process_id]
+  if not args.distributed and all(v is None for v in given):
+    return
+  import jax
+  if any(v is None for v in given) and not args.distributed:
+    from humpback_jax.errors import InputError
+    raise InputError("--coordinator_address, --num_processes and --process_id go together "
+                     "(or pass --distributed on a TPU VM to discover them)")
+  if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                             num_processes=args.num_processes, process_id=args.process_id)
+  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
 def _main(args) -> int:
+  _init_distributed(args)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every file it writes
   import gin

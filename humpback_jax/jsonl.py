@@ -11,6 +11,7 @@ import os
 import pathlib
 from typing import Iterable, Iterator, Sequence
 
+from humpback_jax import hosts
 from humpback_jax.errors import DiskFullError, InputError, is_disk_full
 
 
@@ -61,6 +62,10 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
       message names the record's position and id.
   """
   path = pathlib.Path(path)
+  if not hosts.is_writer():  # process 0 writes; the others validate, count and wait for it
+    n = sum(1 for i, r in enumerate(records) if _dumps(r, path, i + 1))
+    hosts.sync(f"write_jsonl {path}")
+    return n
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp")
   n = 0
@@ -72,6 +77,7 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
+    hosts.sync(f"write_jsonl {path}")  # others may read it as soon as this returns
   except BaseException as e:
     tmp.unlink(missing_ok=True)
     if is_disk_full(e):
@@ -132,16 +138,21 @@ class JsonlAppender:
           self.records.append(record)
       if self.torn_lines or self.duplicate_lines:  # rewrite without them
         write_jsonl(self.records, self.path)
-    self._f = open(self.path, "a", encoding="utf-8")
+    # Process 0 appends; the others keep the same records in memory (they compute the same
+    # chunks in lockstep) and write nothing.
+    self._f = open(self.path, "a", encoding="utf-8") if hosts.is_writer() else None
 
   def append(self, records: Iterable[dict]) -> None:
     try:
       for r in records:
-        self._f.write(_dumps(r, self.path, len(self.records) + 1))
+        line = _dumps(r, self.path, len(self.records) + 1)
+        if self._f is not None:
+          self._f.write(line)
         self.records.append(r)
         self.done_ids.add(r[self.id_key])
-      self._f.flush()
-      os.fsync(self._f.fileno())
+      if self._f is not None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
     except OSError as e:
       if is_disk_full(e):
         raise DiskFullError(e.errno, f"{self.path}: disk full while appending ({e}); the "
@@ -150,6 +161,8 @@ class JsonlAppender:
       raise
 
   def close(self) -> None:
+    if self._f is None:
+      return
     try:
       self._f.close()
     except OSError:  # the buffered tail of a failed append; dropped as torn on the next open

@@ -160,7 +160,10 @@ class RunContext:
             f"param_dtype={base.param_dtype} bytes={size}")
 
   def write_json(self, rel: str, obj) -> None:
-    self.path(rel).write_text(json.dumps(obj, indent=2, default=str))
+    """Writes ``RUN_DIR/rel`` as JSON (process 0 only)."""
+    from humpback_jax import hosts
+    if hosts.is_writer():
+      self.path(rel).write_text(json.dumps(obj, indent=2, default=str))
 
   def read_json(self, rel: str):
     return json.loads((self.run_dir / rel).read_text())

@@ -191,5 +191,7 @@ def write_report(ctx, manifest) -> str:
     for o in outs[:5]:
       lines += [f"- **{_clip(o['instruction'], 150)}**", f"  {_clip(o['output'], 400)}"]
   text = "\n".join(lines) + "\n"
-  ctx.path("report.md").write_text(text)
+  from humpback_jax import hosts
+  if hosts.is_writer():
+    ctx.path("report.md").write_text(text)
   return text

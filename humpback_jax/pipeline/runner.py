@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
+from humpback_jax import hosts
 from humpback_jax.errors import StaleStateError
 from humpback_jax.pipeline import fingerprints, report
 from humpback_jax.pipeline.config import PipelineConfig, to_dict
@@ -59,6 +60,7 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
   if missing:
     raise FileNotFoundError(
         f"stage {stage.name}: missing inputs {missing} in {ctx.run_dir}; run the earlier stages")
+  hosts.sync(f"stage {stage.name} start")  # every process decides on the same files
   current = fingerprints.stage_fingerprint(ctx, stage, producers or {}, manifest)
   entry = manifest.stage(stage.name)
   changes = fingerprints.describe_changes(entry.get("fingerprint"), current) if entry else []
@@ -95,6 +97,7 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
   outputs = {rel: fingerprints.file_digest(ctx.run_dir / rel) for rel in stage.outputs
              if (ctx.run_dir / rel).is_file()}
   manifest.finish(stage.name, time.time() - t0, outputs=outputs, **extras)
+  hosts.sync(f"stage {stage.name} done")  # the others read its outputs only once written
   log.info("stage %s: done in %.1f s (count=%s)", stage.name, time.time() - t0,
            extras.get("count"))
   return True
@@ -117,7 +120,7 @@ def run_pipeline(run_dir, config: PipelineConfig, *, only: str | None = None,
   ctx = RunContext(run_dir, config, progress=progress)
   manifest = Manifest(ctx.run_dir)
   manifest.set("config", to_dict(config))
-  if operative_gin and manifest.path.parent.exists():
+  if operative_gin and hosts.is_writer():
     ctx.path("config.gin").write_text(operative_gin)
   stages = pipeline_stages(config.iterations, config.export_hf, config.final_samples)
   producers = {out: s.name for s in stages for out in s.outputs}

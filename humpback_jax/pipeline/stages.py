@@ -14,7 +14,7 @@ import os
 import shutil
 from typing import Callable
 
-from humpback_jax import curate, jsonl
+from humpback_jax import curate, hosts, jsonl
 from humpback_jax.data import templates
 from humpback_jax.pipeline.context import RunContext
 
@@ -283,9 +283,10 @@ def answer_final(ctx: RunContext) -> dict:
   outputs = [{"instruction": it["instruction"], "output": t.strip(), "generator": generator,
               "dataset": it["dataset"]} for it, t in zip(items, texts)]
   out = ctx.path("data/final_outputs.json")
-  tmp = out.with_name(out.name + ".tmp")
-  tmp.write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
-  os.replace(tmp, out)
+  if hosts.is_writer():
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
+    os.replace(tmp, out)
   return {"count": len(outputs), "unfinished": int(sum(not f for f in finished))}
 
 
@@ -295,6 +296,8 @@ def export_final(ctx: RunContext) -> dict:
   name = f"M{ctx.config.iterations}"
   model_cfg, params = _load_trained(ctx, name)
   out = ctx.path(f"models/{name}_hf")
+  if not hosts.is_writer():
+    return {"count": 1, "path": str(out.relative_to(ctx.run_dir))}
   tmp = out.with_name(out.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   save_hf(model_cfg, params, str(tmp), tokenizer=ctx.tokenizer)

@@ -146,7 +146,10 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
           f"{params_dir} was trained from different inputs: {'; '.join(changes)}. Pass "
           f"on_mismatch='restart' to delete it (and its checkpoints) and retrain", changes)
     if changes:  # never leave stale params for later stages should the retraining fail
-      shutil.rmtree(params_dir)
+      from humpback_jax import hosts
+      if hosts.is_writer():
+        shutil.rmtree(params_dir)
+      hosts.sync(f"drop {params_dir}")
     else:  # already trained from these very inputs: reuse, never retrain
       _drop_train_state(model_dir, train_config)
       return {"steps": train_config.num_steps, "start_step": train_config.num_steps,
@@ -194,17 +197,23 @@ def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None)
       the rename (so the params never exist without it).
   """
   import orbax.checkpoint as ocp
+
+  from humpback_jax import hosts
   directory = pathlib.Path(directory).absolute()
   tmp = directory.with_name(directory.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  with ocp.StandardCheckpointer() as ckptr:
+  if hosts.is_writer():
+    shutil.rmtree(tmp, ignore_errors=True)
+  hosts.sync(f"save_params {directory} start")
+  with ocp.StandardCheckpointer() as ckptr:  # collective: every process calls it
     ckptr.save(tmp, jax.tree.map(np.asarray, params))
     ckptr.wait_until_finished()
-  if fingerprint is not None:
-    (tmp / FINGERPRINT_FILE).write_text(json.dumps(normalize(fingerprint), sort_keys=True,
-                                                   indent=1))
-  shutil.rmtree(directory, ignore_errors=True)
-  os.replace(tmp, directory)
+  if hosts.is_writer():
+    if fingerprint is not None:
+      (tmp / FINGERPRINT_FILE).write_text(json.dumps(normalize(fingerprint), sort_keys=True,
+                                                     indent=1))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+  hosts.sync(f"save_params {directory} done")
 
 
 def load_trained(model_dir, model_config, base_params):

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from humpback_jax import hosts
 from humpback_jax.data import templates
 from humpback_jax.models.config import LlamaConfig
 from humpback_jax.models.llama import KVCache, Llama, init_cache
@@ -575,7 +576,7 @@ class Sampler:
                      eos_ids=(self.tokenizer.eos_id,), strategy=strategy,
                      rng=self._put(batch_keys),
                      pad_id=self.tokenizer.pad_id, sharding=self.activation_sharding)
-      tokens, lengths, done = jax.device_get((out.tokens, out.lengths, out.finished))
+      tokens, lengths, done = hosts.fetch((out.tokens, out.lengths, out.finished))
       for r, i in enumerate(batch.rows):
         n = int(lengths[r]) - int(done[r])
         texts[i] = self.tokenizer.decode(tokens[r, :n].tolist(), skip_special_tokens=True)
@@ -628,8 +629,8 @@ class Sampler:
                                  config=self.config, sharding=self.activation_sharding)
       rows_cand = np.zeros((self.batch_size, cand.shape[1]), np.int32)
       rows_cand[:len(batch.rows)] = cand[batch.rows]
-      lp = np.asarray(jax.device_get(
-          jnp.take_along_axis(logp, jnp.asarray(rows_cand), axis=-1)), np.float32)
+      lp = np.asarray(hosts.fetch(
+          jnp.take_along_axis(logp, self._put(rows_cand), axis=-1)), np.float32)
       out[batch.rows] = lp[:len(batch.rows)]
       self.stats["batches"] += 1
     return out

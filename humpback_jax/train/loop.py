@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from humpback_jax import sharding as shd
 from humpback_jax.models.config import LlamaConfig
+from humpback_jax import hosts
 from humpback_jax.train import metrics as metrics_lib
 from humpback_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from humpback_jax.train.config import TrainConfig
@@ -391,7 +392,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
       bar.close()
       if metrics is not None:
         last_loss = float(metrics["loss"])
-      params = jax.device_get(state.params)
+      params = hosts.fetch(state.params)  # all-gathers parameters sharded over processes
       t_end = time.perf_counter()
       steps_run = cfg.num_steps - start
       timed = (t_end - t_first - eval_seconds) if t_first is not None else 0.0
