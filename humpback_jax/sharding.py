@@ -109,12 +109,6 @@ class MeshConfig:
           f"have {num_devices}")
     return tuple(sizes)
 
-  def batch_parallel_size(self, num_devices: int | None = None) -> int:
-    """``data * fsdp`` on ``num_devices`` (default ``jax.device_count()``): batches' row count
-    must be a multiple of it (pass it as ``make_train_iterator(row_multiple=...)``)."""
-    data, fsdp, _ = self.resolve(jax.device_count() if num_devices is None else num_devices)
-    return data * fsdp
-
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
   """A ``Mesh`` with axes ``("data", "fsdp", "tensor")`` (Auto axis types).

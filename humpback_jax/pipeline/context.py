@@ -108,19 +108,31 @@ class RunContext:
     self.data_root = config.data_root or str(paths.default_data_root())
     self._base = None
     self._tokenizer = None
-    self._mesh = None
+    self._runtime = None
     self.force = False  # set by the runner while a stage runs with --force
 
   @property
-  def mesh(self):
-    """The run's device mesh (``forward/TrainConfig.mesh`` over every device), built once and
-    shared by the sampling stages; with one device, a 1 x 1 x 1 mesh."""
-    if self._mesh is None:
-      import jax
+  def runtime(self):
+    """The run's ``runtime.Runtime``: one mesh (``TrainConfig.mesh`` over every device of every
+    process) and the logical axis rules, built once and used by every compute stage.
 
-      from humpback_jax import sharding as shd
-      self._mesh = shd.make_mesh(self.config.forward_train.mesh, jax.devices())
-    return self._mesh
+    Raises:
+      InputError: ``backward/`` and ``forward/TrainConfig.mesh`` differ (a run has one mesh).
+    """
+    if self._runtime is None:
+      from humpback_jax.errors import InputError
+      from humpback_jax.runtime import Runtime
+      if self.config.backward_train.mesh != self.config.forward_train.mesh:
+        raise InputError(f"a run has one mesh: backward/TrainConfig.mesh="
+                         f"{self.config.backward_train.mesh} differs from forward/"
+                         f"TrainConfig.mesh={self.config.forward_train.mesh}")
+      self._runtime = Runtime.create(self.config.forward_train.mesh)
+    return self._runtime
+
+  @property
+  def mesh(self):
+    """``runtime.mesh``."""
+    return self.runtime.mesh
 
   def path(self, rel: str) -> pathlib.Path:
     p = self.run_dir / rel

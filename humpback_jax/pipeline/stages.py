@@ -101,7 +101,7 @@ def _train(ctx: RunContext, name: str, records: list[dict], direction: str, trai
       model_dir=str(ctx.path(f"models/{name}/x").parent), seed=ctx.config.seed_value,
       progress=ctx.progress, base_model_id=ctx.base_model_id,
       on_mismatch="restart" if ctx.force else "error",
-      summary_dir=str(ctx.run_dir / "tensorboard" / name))
+      summary_dir=str(ctx.run_dir / "tensorboard" / name), runtime=ctx.runtime)
   summary["train_seconds"] = summary.pop("seconds", None)
   return dict(summary, count=len(records))
 
@@ -156,7 +156,7 @@ def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
   check_context_length(model_cfg, cfg.max_prompt_len, cfg.max_new_tokens, owner)
   sampler = Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
                     batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner,
-                    mesh=ctx.mesh)
+                    mesh=ctx.runtime.mesh, rules=ctx.runtime.rules)
   return sampler, sampler.place_params(params)
 
 

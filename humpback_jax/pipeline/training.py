@@ -87,7 +87,7 @@ def read_params_fingerprint(model_dir) -> dict | None:
 def fine_tune(*, model_config, base_params, tokenizer, train_file: str, direction: str,
               train_config, model_dir: str, seed: int, progress: bool = False,
               base_model_id: str | None = None, on_mismatch: str = "error",
-              summary_dir: str | None = None) -> dict:
+              summary_dir: str | None = None, runtime=None) -> dict:
   """Fine-tunes the base LM on a JSONL of pairs and saves the final params.
 
   Args:
@@ -110,6 +110,8 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
       from other inputs raise ``InputsChangedError``; ``"restart"``: they are deleted and the
       model is trained from the base weights.
     summary_dir: TensorBoard directory of this run's scalars (``train.loop.train``).
+    runtime: the run's ``runtime.Runtime`` (its mesh and rules); None builds a mesh from
+      ``train_config.mesh`` over every device.
   Once the params are saved, the optimizer-state checkpoints in ``model_dir/ckpt`` are deleted
   (``TrainConfig.keep_train_state`` keeps them). Params already trained from the same inputs
   are reused as they are (summary ``reused_params: True``, ``steps_run: 0``).
@@ -130,7 +132,6 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
   if train_config.eval_every and not train_config.eval_examples:
     raise ValueError(f"eval_every={train_config.eval_every} needs held-out examples: set "
                      f"TrainConfig.eval_examples > 0")
-  from humpback_jax import sharding
   from humpback_jax.data.iterator import make_train_iterator
   from humpback_jax.train.loop import train
 
@@ -156,8 +157,10 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
               "steps_run": 0, "reused_params": True,
               "train_data_sha256": fingerprint["train_data_sha256"]}
 
-  row_multiple = (sharding.batch_parallel_size(sharding.make_mesh(train_config.mesh)) *
-                  train_config.micro_batches)
+  if runtime is None:
+    from humpback_jax.runtime import Runtime
+    runtime = Runtime.create(train_config.mesh)
+  row_multiple = runtime.batch_parallel_size * train_config.micro_batches
 
   def batches_fn(start_step: int):
     return make_train_iterator(
@@ -169,7 +172,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
   params, summary = train(model_config, base_params, batches_fn, train_config,
                           str((model_dir / "ckpt").absolute()), progress=progress,
                           fingerprint=loop_fp, on_mismatch=on_mismatch,
-                          summary_dir=summary_dir)
+                          summary_dir=summary_dir, mesh=runtime.mesh, rules=runtime.rules)
   save_params(params, params_dir, fingerprint=fingerprint)
   _drop_train_state(model_dir, train_config)
   summary = {k: v for k, v in summary.items() if k != "history"}

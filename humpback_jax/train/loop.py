@@ -145,7 +145,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
           rules: shd.LogicalRules = shd.DEFAULT_LOGICAL_AXIS_RULES,
           fingerprint: Mapping[str, Any] | None = None, on_mismatch: str = "error",
           eval_batches: Sequence[Batch] | None = None,
-          summary_dir: str | os.PathLike | None = None
+          summary_dir: str | os.PathLike | None = None, mesh: Mesh | None = None
           ) -> tuple[Any, dict]:
   """Fine-tunes ``init_params`` for ``train_config.num_steps`` steps, resuming if possible.
 
@@ -175,7 +175,9 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
     ckpt_dir: orbax checkpoint directory; if it holds a complete checkpoint the run resumes from
       the newest one. None disables checkpointing.
     progress: show a tqdm progress bar.
-    devices: devices for the mesh (default all).
+    devices: devices for the mesh (default all); ignored when ``mesh`` is given.
+    mesh: the mesh to train on (the run's ``Runtime.mesh``); None builds one from
+      ``train_config.mesh`` over ``devices``.
     summary_dir: TensorBoard log directory (``train.metrics.SummaryWriter``, process 0 only):
       at every log step, loss, learning rate, grad norm, evaluation loss, tokens/s/device and
       MFU (``train.metrics``); None writes none. The summary gets ``tokens_per_second_per_device``
@@ -214,7 +216,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
   t_start = time.perf_counter()
   cfg = train_config
   check_on_mismatch(on_mismatch)
-  mesh = shd.make_mesh(cfg.mesh, devices)
+  mesh = shd.make_mesh(cfg.mesh, devices) if mesh is None else mesh
   row_multiple = shd.batch_parallel_size(mesh) * cfg.micro_batches
   rules = tuple((name, tuple(a) if isinstance(a, list) else a) for name, a in rules)
   # Checkpoint/logging/eval cadence does not change the step: share one compiled step.
