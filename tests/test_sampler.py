@@ -408,7 +408,8 @@ def test_scoring_logits_are_float32_for_a_bfloat16_model(params):
   lp = np.asarray(next_token_logprobs(params, tokens, lengths, config=cfg16))
   # Reference: the bf16 trunk's final-norm output (captured; it must be float32 on this path),
   # projected to the vocabulary by hand in float64.
-  seg, pos = sampler_lib._prompt_layout(tokens, lengths)
+  from humpback_jax.sample import decode
+  seg, pos = decode._prompt_layout(tokens, lengths)
   _, state = Llama(cfg16.replace(logits_dot_in_fp32=True)).apply(
       params, jnp.where(seg > 0, tokens, 0), pos, seg, last_logits_only=True,
       capture_intermediates=True, mutable=["intermediates"])

@@ -6,7 +6,7 @@ Builds the model, mesh and logical axis rules the pipeline would use from the gi
 then compiles, on abstract inputs only (nothing is allocated; fake CPU devices stand in for
 the chips), (1) the training step (``train.step.make_train_step``: forward, backward, AdamW
 update, ``TrainConfig.remat_policy``, activation sharding) for ``forward/TrainConfig`` and (2)
-the sampler's decode program (``sample.sampler._generate``: prefill + while-loop decode with the
+the sampler's decode program (``sample.decode._generate``: prefill + while-loop decode with the
 KV cache) for ``GenerationConfig`` (self-augmentation) and ``CurationConfig`` (rating), and
 reads XLA's ``memory_analysis()`` of each. XLA's
 figures are per device (per SPMD partition).
@@ -138,7 +138,7 @@ def plan_sample(model_config, gen_config, mesh, rules=None) -> dict:
   import jax.numpy as jnp
   import numpy as np
   from humpback_jax import sharding as shd
-  from humpback_jax.sample import sampler as sampler_lib
+  from humpback_jax.sample import decode
   from humpback_jax.sample.sampling import Greedy, Sampling
   rules = tuple(shd.DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules)
   cfg = model_config.replace(param_dtype=model_config.dtype)  # inference copy
@@ -156,7 +156,7 @@ def plan_sample(model_config, gen_config, mesh, rules=None) -> dict:
   eos = jnp.full((4,), -1, jnp.int32)
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
-    compiled = sampler_lib._generate.lower(  # pylint: disable=protected-access
+    compiled = decode._generate.lower(  # pylint: disable=protected-access
         params, tokens, lengths, keys, eos, jnp.int32(0), config=cfg, max_new_tokens=n,
         strategy=(Sampling(temperature=gen_config.temperature, top_p=gen_config.top_p)
                   if gen_config.temperature > 0 else Greedy()),
