@@ -407,3 +407,73 @@ def test_holdout_zero_keeps_the_training_batches(tok, seed_path):
     x, y = next(a), next(b)
     for k in x:
       np.testing.assert_array_equal(x[k], y[k])
+
+
+def _example_list(batch):
+  """The batch's examples in packing order, each as a tuple of its feature slices."""
+  out = []
+  for r, _, sl in segments(batch):
+    out.append(tuple(tuple(batch[k][r, sl].tolist()) for k in
+                     ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                      "decoder_positions")))
+  return out
+
+
+def test_first_fit_by_hand():
+  assert iterator.first_fit([5, 4, 3, 2, 1], 6) == [0, 1, 2, 1, 0]
+  assert iterator.first_fit([6, 6, 1], 6) == [0, 1, 2]
+  assert iterator.first_fit([], 6) == []
+  with pytest.raises(ValueError, match="does not fit"):
+    iterator.first_fit([7], 6)
+
+
+def test_pack_examples_copies_each_example_and_falls_back():
+  rng = np.random.default_rng(0)
+  lengths = [5, 3, 4, 2, 6]
+  keys = tasks.MODEL_FEATURE_KEYS
+  one = {k: np.zeros((5, 8), np.int32) for k in keys}
+  for i, n in enumerate(lengths):
+    for k in ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights"):
+      one[k][i, :n] = rng.integers(1, 50, n)
+    one["decoder_segment_ids"][i, :n] = 1
+    one["decoder_positions"][i, :n] = np.arange(n)
+  packed = iterator.pack_examples(one, rows=4)
+  assert packed["decoder_segment_ids"].shape == (4, 8)
+  # first-fit into rows of 8: 5 -> row 0, 3 -> row 0 (full), 4 -> row 1, 2 -> row 1, 6 -> row 2
+  assert packed["decoder_segment_ids"].tolist()[0] == [1] * 5 + [2] * 3
+  assert packed["decoder_segment_ids"].tolist()[1] == [1] * 4 + [2] * 2 + [0] * 2
+  assert packed["decoder_segment_ids"].tolist()[3] == [0] * 8  # filler row
+  # every example, in order, equals its own row's first n positions (brute force)
+  want = [tuple(tuple(one[k][i, :n].tolist()) for k in
+                ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
+                 "decoder_positions")) for i, n in enumerate(lengths)]
+  assert sorted(_example_list(packed)) == sorted(want)
+  # too few rows: one row per example, rounded up to the multiple
+  small = iterator.pack_examples(one, rows=2, row_multiple=4)
+  assert small["decoder_segment_ids"].shape == (8, 8)
+  assert small["decoder_segment_ids"].max(axis=1).tolist() == [1] * 5 + [0] * 3
+  assert sorted(_example_list(small)) == sorted(want)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_exact_batch_examples_do_not_depend_on_the_row_multiple(tok, seed_path, aug_path,
+                                                                 pack):
+  """Every step holds exactly batch_size examples, the same ones for any row multiple (mesh);
+  only the filler rows differ."""
+  task = tasks.register_humpback_tasks(tok, seed_path, aug_path, prefix="x_")[
+      "seed_augmented_forward"]
+  kw = dict(sequence_length=128, batch_size=3, seed=5, pack=pack)
+  runs = {m: iterator.make_train_iterator(task, tok, row_multiple=m, **kw) for m in (1, 4, 8)}
+  steps = {m: [next(it) for _ in range(7)] for m, it in runs.items()}  # crosses epochs
+  for m, batches in steps.items():
+    for b in batches:
+      rows = b["decoder_segment_ids"].shape[0]
+      assert rows % m == 0 and rows == runs[m].rows_per_batch
+      assert int(b["decoder_segment_ids"].max(axis=1).sum()) == 3  # examples in the step
+  for i in range(7):
+    ref = _example_list(steps[1][i])
+    assert len(ref) == 3
+    for m in (4, 8):
+      assert _example_list(steps[m][i]) == ref
+  assert runs[8].stats["mean_examples_per_batch"] == 3.0
+  assert runs[1].stats["exact_batch"] is True

@@ -140,7 +140,7 @@ def test_weighted_cross_entropy():
 # ---------------------------------------------------------------------------- sharded step
 
 
-def _run_steps(params0, mesh_cfg, devices, n=2, dtype="float32", **train_kw):
+def _run_steps(params0, mesh_cfg, devices, n=2, dtype="float32", batches=None, **train_kw):
   cfg = tcfg(mesh=mesh_cfg, **train_kw)
   model_cfg = CFG.replace(dtype=dtype, param_dtype=dtype)
   mesh = shd.make_mesh(mesh_cfg, devices)
@@ -156,7 +156,8 @@ def _run_steps(params0, mesh_cfg, devices, n=2, dtype="float32", **train_kw):
   losses = []
   with jax.set_mesh(mesh):
     for i in range(n):
-      state, m = step(state, synthetic_batch(i), jax.random.PRNGKey(cfg.seed))
+      batch = synthetic_batch(i) if batches is None else batches[i]
+      state, m = step(state, batch, jax.random.PRNGKey(cfg.seed))
       losses.append(float(m["loss"]))
   return state, losses
 

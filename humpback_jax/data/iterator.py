@@ -1,13 +1,19 @@
 """The training iterator: a seqio task -> shuffled, packed, sharding-ready batches.
 
-Batching ("batch 32", [HB] Table 18, counts examples). With ``pack=False`` a batch is exactly
-``batch_size`` rows = ``batch_size`` examples. With ``pack=True`` (default) a batch is
-``rows_per_batch`` packed rows, chosen so that a step holds about ``batch_size`` examples on
-average: ``round(batch_size / mean examples per packed row)``, the mean from simulating the packer
-on the real lengths, rounded up to a multiple of the mesh's ``data * fsdp``. The realized mean is
-reported in ``stats["mean_examples_per_batch"]``. The loss is the mean over the batch's target
-tokens (``train/loss.py``), so packing changes only how examples share a step, not the
-objective's per-token weighting.
+Batching ("batch 32", [HB] Table 18, counts examples). Every optimizer step holds exactly
+``batch_size`` examples, on any mesh. With ``pack=True`` (default) the step's examples are packed
+first-fit, in order, into ``rows_per_batch`` rows of ``sequence_length`` (``pack_examples``):
+the fewest rows that held every step of the first epochs (simulated on the real lengths),
+rounded up to a multiple of ``row_multiple`` (the mesh's data x fsdp x micro-batches); rows left
+empty are filler (segment id 0, loss weight 0). A later step whose examples need more rows
+(rare) gets one row per example instead, also rounded up, so a run compiles at most two batch
+shapes (``stats["overflow_batches"]`` counts those steps). With ``pack=False`` every example has
+its own row, and the ``batch_size`` rows are padded with filler rows to the multiple. The loss is
+the mean over the batch's target tokens (``train/loss.py``), so filler rows and packing change
+nothing in the objective: the same examples give the same loss and gradients on every mesh.
+
+``rows_per_batch=R`` selects stream packing instead (seqio's packer fills R rows per step with
+however many examples fit; the count per step varies; kept for experiments and tests).
 
 Held-out evaluation split (``holdout=k``). ``k`` of the examples that survive the length policy
 are held out of training: the first ``k`` of a stateless permutation with seed ``(seed, -1)``
@@ -78,6 +84,84 @@ def _simulate_packing(lengths: Sequence[int], sequence_length: int) -> int:
   return rows
 
 
+def first_fit(lengths: Sequence[int], sequence_length: int) -> list[int]:
+  """Row of each example when packing ``lengths`` (positions) first-fit, in order.
+
+  Example i goes to the first row that still has ``lengths[i]`` free positions, else a new row.
+
+  Returns:
+    ``rows[i]`` (0-based), one per example; ``max(rows) + 1`` rows in all.
+  Raises:
+    ValueError: an example longer than ``sequence_length``.
+  """
+  free: list[int] = []
+  rows = []
+  for n in lengths:
+    if n > sequence_length:
+      raise ValueError(f"an example of {n} positions does not fit sequence_length="
+                       f"{sequence_length}")
+    for r, room in enumerate(free):
+      if n <= room:
+        free[r] -= n
+        rows.append(r)
+        break
+    else:
+      free.append(sequence_length - n)
+      rows.append(len(free) - 1)
+  return rows
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def pack_examples(batch: dict[str, np.ndarray], rows: int, row_multiple: int = 1
+                  ) -> dict[str, np.ndarray]:
+  """Packs one row per example into at most ``rows`` rows (first-fit, in order).
+
+  Args:
+    batch: ``MODEL_FEATURE_KEYS`` -> int32 [N, L], one example per row at positions
+      ``[0, n_i)`` (``n_i`` = its non-zero segment ids), as the unpacked converter emits them.
+    rows: rows of the packed batch; if the examples need more, each keeps its own row and the
+      result has ``N`` rows rounded up to ``row_multiple``.
+    row_multiple: the fallback row count's multiple.
+  Returns:
+    ``MODEL_FEATURE_KEYS`` -> int32 [rows (or the fallback), L]: example i copied to its row at
+    the next free positions with segment id = its 1-based slot in that row, positions as
+    given (restarting at 0 per example); unused positions and rows are 0 (filler).
+  """
+  seg = batch["decoder_segment_ids"]
+  n, length = seg.shape
+  lengths = np.count_nonzero(seg, axis=1).tolist()
+  where = first_fit(lengths, length)
+  if where and max(where) + 1 > rows:
+    where, rows = list(range(n)), _round_up(n, row_multiple)
+  out = {k: np.zeros((rows, length), np.int32) for k in batch}
+  used = [0] * rows
+  slots = [0] * rows
+  for i, (r, m) in enumerate(zip(where, lengths)):
+    if not m:
+      continue
+    a, slots[r] = used[r], slots[r] + 1
+    for k, v in batch.items():
+      out[k][r, a:a + m] = v[i, :m]
+    out["decoder_segment_ids"][r, a:a + m] = slots[r]
+    used[r] = a + m
+  return out
+
+
+def _rows_for_exact_batches(order: Sequence[int], lengths: dict[int, int], batch_size: int,
+                            sequence_length: int, limit: int = 200_000) -> int:
+  """Most rows any step of ``batch_size`` consecutive examples of ``order`` needs (first-fit);
+  at most ``limit`` examples are simulated."""
+  most = 1
+  stop = min(len(order), limit) // batch_size * batch_size
+  for start in range(0, stop, batch_size):
+    group = [lengths[k] for k in order[start:start + batch_size]]
+    most = max(most, max(first_fit(group, sequence_length)) + 1)
+  return most
+
+
 def _epoch_permutation(n: int, seed: int, epoch: tf.Tensor | int) -> tf.Tensor:
   """int64 [n]: the example order of ``epoch`` (stateless, so the same on every run)."""
   seeds = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
@@ -134,21 +218,30 @@ class TrainIterator:
   """
 
   def __init__(self, dataset: tf.data.Dataset, rows_per_batch: int, stats: dict,
-               eval_batches: list[dict[str, np.ndarray]] | None = None):
+               eval_batches: list[dict[str, np.ndarray]] | None = None,
+               row_multiple: int | None = None, pack: bool = True):
     self._it = dataset.as_numpy_iterator()
     self.rows_per_batch = rows_per_batch
     self.eval_batches = eval_batches
     self.stats = stats
+    # Set: exact batches of one-example rows, packed (or padded with filler rows) here.
+    self._row_multiple, self._pack = row_multiple, pack
     self.stats.update(batches=0, examples_seen=0, tokens_seen=0, target_tokens_seen=0,
-                      mean_examples_per_batch=0.0)
+                      mean_examples_per_batch=0.0, overflow_batches=0)
 
   def __iter__(self) -> "TrainIterator":
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = {k: np.asarray(v, np.int32) for k, v in next(self._it).items()}
+    if self._row_multiple is not None and self._pack:
+      batch = pack_examples(batch, self.rows_per_batch, self._row_multiple)
+    elif self._row_multiple is not None:
+      pad = self.rows_per_batch - len(batch["decoder_segment_ids"])
+      batch = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in batch.items()}
     seg = batch["decoder_segment_ids"]
     s = self.stats
+    s["overflow_batches"] += int(len(seg) != self.rows_per_batch)
     s["batches"] += 1
     s["examples_seen"] += int(seg.max(axis=1).sum())
     s["tokens_seen"] += int(np.count_nonzero(seg))
@@ -175,20 +268,21 @@ def make_train_iterator(task: str | os.PathLike | seqio.Task, tokenizer: Tokeniz
     seed: data order seed; epoch e is the argsort of ``tf.random.stateless_uniform`` with seed
       ``(seed, e)`` (stateless: identical on every run).
     num_epochs: passes over the data; None repeats forever.
-    pack: pack examples into rows (else one example per row and ``batch_size`` rows).
+    pack: pack examples into rows (else one example per row); either way exactly
+      ``batch_size`` examples per step (module docstring).
     length_policy: "fit", "truncate" or "drop" (module docstring).
     start_step: skip this many batches (resume after a checkpoint at that step).
-    rows_per_batch: override the packed rows per batch.
-    row_multiple: rows per batch are rounded up to a multiple of this (the mesh's
-      ``data * fsdp``, ``sharding.batch_parallel_size``).
+    rows_per_batch: stream packing: this many packed rows per step, however many examples
+      they hold (module docstring); None (default): exact batches.
+    row_multiple: rows per batch are a multiple of this (the mesh's ``data * fsdp`` times
+      ``TrainConfig.micro_batches``), filler rows making up the difference.
     holdout: examples held out of training for evaluation (module docstring), returned as
       ``TrainIterator.eval_batches``; 0 = none (then the batches are those of earlier versions).
   Returns:
     A ``TrainIterator``; the same arguments always give the same batches.
   Raises:
-    ValueError: unknown task / policy, a task whose every example is dropped, ``holdout``
-      leaving nothing to train on, or ``batch_size`` (pack=False) not divisible by
-      ``row_multiple``.
+    ValueError: unknown task / policy, a task whose every example is dropped, or ``holdout``
+      leaving nothing to train on.
   """
   if length_policy not in LENGTH_POLICIES:
     raise ValueError(f"length_policy must be one of {LENGTH_POLICIES}, got {length_policy!r}")
@@ -233,21 +327,24 @@ def make_train_iterator(task: str | os.PathLike | seqio.Task, tokenizer: Tokeniz
   positions = [min(int(add_bos) + len(inputs[k]) + len(targets[k]), sequence_length)
                for k in train_kept]
 
-  if pack:
-    order0 = [train_idx[j] for j in _epoch_permutation(len(train_idx), seed, 0).numpy()]
+  stream = pack and rows_per_batch is not None
+  order0 = [train_idx[j] for j in _epoch_permutation(len(train_idx), seed, 0).numpy()]
+  if stream:  # seqio's packer over the example stream: R rows, a varying example count
     lens_in_order = [min(int(add_bos) + len(inputs[k]) + len(targets[k]), sequence_length)
                      for k in order0 if k in kept_set]
     per_row = len(train_kept) / _simulate_packing(lens_in_order, sequence_length)
-    rows = rows_per_batch or max(1, round(batch_size / per_row))
+    rows = _round_up(rows_per_batch, row_multiple)
+  elif pack:  # exactly batch_size examples per step, packed into a fixed number of rows
+    lens = dict(zip(train_kept, positions))
+    order = [k for e in range(3) for k in
+             ([train_idx[j] for j in _epoch_permutation(len(train_idx), seed, e).numpy()]
+              if e else order0) if k in kept_set]
+    rows = _round_up(_rows_for_exact_batches(order, lens, batch_size, sequence_length),
+                     row_multiple)
+    per_row = batch_size / rows
   else:
     per_row = 1.0
-    rows = rows_per_batch or batch_size
-    if rows % row_multiple:
-      raise ValueError(f"batch_size={rows} rows is not divisible by row_multiple={row_multiple}")
-  rows = -(-rows // row_multiple) * row_multiple
-  if pack and rows_per_batch is None and abs(rows * per_row - batch_size) > 0.25 * batch_size:
-    logging.warning("task %s: %d packed rows/batch hold ~%.1f examples, batch_size is %d",
-                    task.name, rows, rows * per_row, batch_size)
+    rows = _round_up(batch_size, row_multiple)
 
   stats = {
       "task": task.name, "dataset_examples": n, "examples_per_epoch": len(train_kept),
@@ -258,6 +355,7 @@ def make_train_iterator(task: str | os.PathLike | seqio.Task, tokenizer: Tokeniz
       "max_prompt_tokens": int(max(len(i) for i in inputs)),
       "max_target_tokens": int(max(len(t) for t in targets)),
       "estimated_examples_per_row": per_row, "rows_per_batch": rows, "pack": pack,
+      "exact_batch": not stream, "row_multiple": row_multiple,
       "batch_size": batch_size, "seed": seed, "start_step": start_step,
   }
 
@@ -270,25 +368,29 @@ def make_train_iterator(task: str | os.PathLike | seqio.Task, tokenizer: Tokeniz
 
   def example(i):
     return {"inputs": inputs_rt[i], "targets": targets_rt[i]}
-  converter = CausalLMFeatureConverter(bos_id=tokenizer.bos_id if add_bos else None,
-                                       eos_id=tokenizer.eos_id, length_policy=length_policy,
-                                       pack=pack)
+  def converter(packed: bool):
+    return CausalLMFeatureConverter(bos_id=tokenizer.bos_id if add_bos else None,
+                                    eos_id=tokenizer.eos_id, length_policy=length_policy,
+                                    pack=packed)
   lengths = {"inputs": sequence_length, "targets": sequence_length}
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = 4  # leave the host's cores to JAX
   ds = _example_order(len(train_idx), seed, num_epochs).map(
       lambda j: example(tf.gather(train_idx_t, j)))
-  ds = converter(ds, lengths)
-  ds = ds.batch(rows, drop_remainder=True).skip(start_step).prefetch(2)
+  ds = converter(stream)(ds, lengths)
+  # Exact batches: batch_size one-example rows per step, packed by TrainIterator.
+  ds = ds.batch(rows if stream else batch_size, drop_remainder=True)
+  ds = ds.skip(start_step).prefetch(2)
   ds = ds.with_options(options)
   eval_batches = None
   if heldout:
     eds = tf.data.Dataset.from_tensor_slices(tf.constant(heldout, tf.int64)).map(example)
-    eds = converter(eds, lengths).batch(rows).with_options(options)
+    eds = converter(pack)(eds, lengths).batch(rows).with_options(options)
     eval_batches = []
     for b in eds.as_numpy_iterator():
       pad = rows - len(b["decoder_input_tokens"])
       eval_batches.append({k: np.pad(np.asarray(v, np.int32), ((0, pad), (0, 0)))
                            for k, v in b.items()})
-  return TrainIterator(ds, rows, stats, eval_batches)
+  return TrainIterator(ds, rows, stats, eval_batches,
+                       row_multiple=None if stream else row_multiple, pack=pack)
