@@ -56,3 +56,22 @@ def fetch(tree: Any) -> Any:
     return jax.device_get(x)
 
   return jax.tree.map(one, tree)
+
+
+def put_global(x: Any, sharding: Any) -> Any:
+  """A host array that every process holds whole (the same values on each) as one global
+  ``jax.Array`` on ``sharding``: each process uploads only the shards of its own devices
+  (``jax.make_array_from_callback``), so nothing crosses between hosts.
+
+  Args:
+    x: numpy array, identical on every process (e.g. a batch built from the same data).
+    sharding: a ``jax.sharding.Sharding`` over the global mesh.
+  Returns:
+    ``jax.Array`` of ``x.shape`` and dtype.
+  """
+  import jax
+  import numpy as np
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -223,7 +223,7 @@ def test_export_loads_in_transformers(run_dir):
   from humpback_jax.pipeline.training import load_trained
 
   cfg, base = load_llama2c(paths.default_data_root() / "weights" / "stories260K.bin")
-  _, params = load_trained(run_dir / "models" / "M2", cfg, base)
+  _, params = load_trained(run_dir / "models" / "M2", cfg)
   hf = transformers.LlamaForCausalLM.from_pretrained(run_dir / "models" / "M2_hf").eval()
   toks = np.random.RandomState(0).randint(3, 512, (2, 17))
   with torch.no_grad():

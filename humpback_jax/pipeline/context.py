@@ -85,7 +85,8 @@ def load_model(spec: str, data_root=None, *, tokenizer: str | None = None,
     tok = load_tokenizer(resolve_model_path(
         tokenizer or base.get("tokenizer") or base["checkpoint"], root))
     from humpback_jax.pipeline.training import load_trained
-    cfg, params = load_trained(model_dir, cfg, base_params)
+    del base_params
+    cfg, params = load_trained(model_dir, cfg)
   else:
     path = resolve_model_path(spec, data_root)
     if path.endswith(".bin") and not tokenizer:

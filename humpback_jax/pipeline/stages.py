@@ -107,9 +107,12 @@ def _train(ctx: RunContext, name: str, records: list[dict], direction: str, trai
 
 
 def _load_trained(ctx: RunContext, name: str):
+  """(LlamaConfig, params) of ``models/<name>``, read straight onto the run's mesh (each
+  process reads only its shards)."""
   from humpback_jax.pipeline.training import load_trained
-  model_cfg, base_params = ctx.base_model
-  return load_trained(str(ctx.run_dir / "models" / name), model_cfg, base_params)
+  model_cfg, _ = ctx.base_model
+  return load_trained(str(ctx.run_dir / "models" / name), model_cfg,
+                      ctx.runtime.param_shardings(model_cfg))
 
 
 def train_backward(ctx: RunContext) -> dict:
@@ -295,6 +298,9 @@ def export_final(ctx: RunContext) -> dict:
   from humpback_jax.models.convert import save_hf
   name = f"M{ctx.config.iterations}"
   model_cfg, params = _load_trained(ctx, name)
+  # The HF format is written by one host: the one place the whole model comes to the hosts
+  # (all-gathered: a collective, so every process takes part).
+  params = hosts.fetch(params)
   out = ctx.path(f"models/{name}_hf")
   if not hosts.is_writer():
     return {"count": 1, "path": str(out.relative_to(ctx.run_dir))}

@@ -194,7 +194,8 @@ def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None)
   """Writes ``{"params": ...}`` with orbax, atomically (temp dir + rename).
 
   Args:
-    params: host or device pytree.
+    params: host (numpy) or ``jax.Array`` pytree; sharded arrays are written shard by shard by
+      the processes that hold them (nothing is gathered).
     directory: destination; replaced if it exists.
     fingerprint: JSON-able dict written as ``FINGERPRINT_FILE`` inside the directory before
       the rename (so the params never exist without it).
@@ -207,8 +208,8 @@ def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None)
   if hosts.is_writer():
     shutil.rmtree(tmp, ignore_errors=True)
   hosts.sync(f"save_params {directory} start")
-  with ocp.StandardCheckpointer() as ckptr:  # collective: every process calls it
-    ckptr.save(tmp, jax.tree.map(np.asarray, params))
+  with ocp.StandardCheckpointer() as ckptr:  # collective: every process writes its shards
+    ckptr.save(tmp, params)
     ckptr.wait_until_finished()
   if hosts.is_writer():
     if fingerprint is not None:
@@ -219,18 +220,36 @@ def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None)
   hosts.sync(f"save_params {directory} done")
 
 
-def load_trained(model_dir, model_config, base_params):
+def load_trained(model_dir, model_config, shardings=None):
   """(LlamaConfig, params) of a model trained by ``fine_tune``.
 
+  Args:
+    model_dir: the model's directory (``params/`` inside).
+    model_config: its ``LlamaConfig`` (the base model's, with the run's dtypes): the shapes and
+      dtypes read.
+    shardings: a ``NamedSharding`` tree of ``{"params": ...}`` (``Runtime.param_shardings``):
+      every process reads only its shards, straight onto its devices (orbax reshards when the
+      checkpoint was written on another mesh). None: host numpy arrays (one process, small
+      models, tests).
+  Returns:
+    (model_config, ``{"params": ...}``).
   Raises:
     FileNotFoundError: the model has no final params (its training stage did not finish).
   """
   import orbax.checkpoint as ocp
+
+  from humpback_jax import sharding as shd
   directory = _params_dir(model_dir).absolute()
   if not directory.exists():
     raise FileNotFoundError(f"{directory}: no trained parameters; run its training stage")
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-                          base_params)
+  abstract = shd.abstract_params(model_config)
+  if shardings is None:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(directory, jax.tree.map(
+          lambda a: np.zeros(a.shape, a.dtype), abstract))
+    return model_config, jax.tree.map(np.asarray, params)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        abstract, shardings)
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(directory, abstract)
+    params = ckptr.restore(directory, target)
   return model_config, params

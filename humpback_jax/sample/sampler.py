@@ -256,7 +256,7 @@ class Sampler:
     if self.mesh is None:
       return jnp.asarray(x)
     spec = jax.sharding.PartitionSpec(self._rows, *([None] * (np.ndim(x) - 1)))
-    return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+    return hosts.put_global(x, jax.sharding.NamedSharding(self.mesh, spec))
 
   def place_params(self, params: Params) -> Params:
     """Puts ``params`` onto the mesh with their logical shardings (``sharding.param_shardings``)

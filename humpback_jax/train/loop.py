@@ -19,9 +19,9 @@ import numpy as np
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
+from humpback_jax import hosts
 from humpback_jax import sharding as shd
 from humpback_jax.models.config import LlamaConfig
-from humpback_jax import hosts
 from humpback_jax.train import metrics as metrics_lib
 from humpback_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from humpback_jax.train.config import TrainConfig
@@ -46,7 +46,10 @@ def _check_params(params: Any, abstract: Any) -> Any:
     if tuple(p.shape) != tuple(a.shape):
       raise ValueError(f"init_params{jax.tree_util.keystr(path)} has shape {p.shape}, "
                        f"the model config needs {a.shape}")
-    return p if p.dtype == a.dtype else np.asarray(p).astype(a.dtype)
+    if p.dtype == a.dtype:
+      return p
+    # A jax.Array (e.g. a sharded base model) is cast where it lives, never fetched to a host.
+    return p.astype(a.dtype) if isinstance(p, jax.Array) else np.asarray(p).astype(a.dtype)
 
   return jax.tree_util.tree_map_with_path(check, params, abstract)
 
@@ -194,8 +197,9 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
       sequence_length], rows divisible by data*fsdp; all-padding rows allowed), evaluated with
       dropout off every ``train_config.eval_every`` steps and after the last step.
   Returns:
-    (params, summary): params as a host (numpy) pytree ``{"params": ...}`` usable by
-    ``Llama.apply`` on any device layout; summary with ``steps`` (total), ``start_step``,
+    (params, summary): params ``{"params": ...}`` as ``jax.Array``s sharded on ``mesh`` by
+    the logical rules (``sharding.param_shardings``; never gathered onto one host: save them
+    with orbax, or ``jax.device_get`` them on one process); summary with ``steps`` (total), ``start_step``,
     ``steps_run``, ``final_loss`` (loss of the last step, nats/token; training loss, with
     dropout), ``final_eval_loss`` (held-out loss of the final params, nats/token, dropout off;
     None if evaluation is off), ``tokens`` (non-padding tokens this run), ``target_tokens``
@@ -287,7 +291,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
           raise ValueError(f"eval_every={cfg.eval_every} but there are no held-out batches: "
                            f"pass eval_batches, or hold out TrainConfig.eval_examples examples "
                            f"(data.iterator.make_train_iterator(holdout=...))")
-        device_eval = [{k: jax.device_put(np.asarray(b[k], np.int32), batch_shard)
+        device_eval = [{k: hosts.put_global(np.asarray(b[k], np.int32), batch_shard)
                         for k in BATCH_KEYS}
                        for b in _eval_batches_checked(eval_batches, cfg, row_multiple)]
 
@@ -338,7 +342,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
         _check_batch(batch, step, cfg, row_multiple)
         n_tok = int(np.count_nonzero(batch["decoder_segment_ids"]))
         n_tgt = int(np.sum(batch["decoder_loss_weights"]))
-        device_batch = {k: jax.device_put(np.asarray(batch[k], np.int32), batch_shard)
+        device_batch = {k: hosts.put_global(np.asarray(batch[k], np.int32), batch_shard)
                         for k in BATCH_KEYS}
         state, metrics = step_fn(state, device_batch, base_key)
         done = step + 1
@@ -394,7 +398,7 @@ def train(model_config: LlamaConfig, init_params: Any, batches_fn: BatchesFn,
       bar.close()
       if metrics is not None:
         last_loss = float(metrics["loss"])
-      params = hosts.fetch(state.params)  # all-gathers parameters sharded over processes
+      params = state.params  # stays sharded: never gathered onto one host or device
       t_end = time.perf_counter()
       steps_run = cfg.num_steps - start
       timed = (t_end - t_first - eval_seconds) if t_first is not None else 0.0
