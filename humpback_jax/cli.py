@@ -83,7 +83,6 @@ def _score(args, progress: bool) -> int:
   """``humpback-jax score``: rates a user's pairs; prints one JSON summary line."""
   import dataclasses
   import json
-  import os
 
   from humpback_jax import curate, jsonl
   from humpback_jax.curate import rate, sanity
@@ -106,7 +105,8 @@ def _score(args, progress: bool) -> int:
                             cfg=cfg, seed=args.seed, partial_path=args.output + ".partial",
                             progress=progress, desc="score (chunks)")
   jsonl.write_jsonl(records, args.output)
-  os.remove(args.output + ".partial")
+  from humpback_jax import fs
+  fs.path(args.output + ".partial").unlink(missing_ok=True)
   summary = {"model": args.model, "input": args.input, "output": args.output, "mode": cfg.mode,
              "max_prompt_len": max_prompt,
              **curate.curation_stats(records)}
@@ -125,7 +125,9 @@ def _enable_compilation_cache(run_dir: str) -> None:
   import os
 
   import jax
-  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(run_dir, ".jax_cache")
+  from humpback_jax import fs
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.fspath(
+      fs.path(run_dir) / ".jax_cache")
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 

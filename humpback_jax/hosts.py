@@ -42,6 +42,37 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def on_writer(fn, name: str) -> Any:
+  """Runs ``fn()`` on process 0 alone (work whose result only process 0 writes, such as
+  reading and cleaning the web corpus: its workers start on that host only); the others wait.
+
+  Every process must call it at the same point (it is a collective). Inside ``fn`` no other
+  collective may run (``sync``, ``write_jsonl``): the others are not there to meet it.
+
+  Returns:
+    ``fn()``'s result on process 0; None on the others.
+  Raises:
+    Whatever ``fn`` raised, on process 0; ``RuntimeError`` naming ``name`` on the others, so
+    that no process waits forever for a failed one.
+  """
+  if process_count() == 1:
+    return fn()
+  import numpy as np
+  from jax.experimental import multihost_utils
+  error, result = None, None
+  if is_writer():
+    try:
+      result = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      error = e
+  failed = int(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+  if error is not None:
+    raise error
+  if failed:
+    raise RuntimeError(f"{name} failed on process 0 (its log has the error)")
+  return result
+
+
 def fetch(tree: Any) -> Any:
   """``jax.device_get`` that also works for arrays sharded over other processes' devices:
   those are all-gathered (every host gets the whole array, as numpy)."""

@@ -1,17 +1,18 @@
 """JSON Lines artifacts: atomic writes, appendable shards for resumable stages, clear errors.
 
 The standard library's ``json`` reads and writes the records; every file is one JSON object per
-line, which ``datasets.load_dataset("json", data_files=...)`` reads as is.
+line, which ``datasets.load_dataset("json", data_files=...)`` reads as is. Paths may be local or
+on an object store (``gs://``): file I/O goes through ``humpback_jax.fs`` (``etils.epath``), which
+says what "atomic" and "append" mean there. Process 0 alone writes (``hosts.is_writer()``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 from typing import Iterable, Iterator, Sequence
 
-from humpback_jax import hosts
+from humpback_jax import fs, hosts
 from humpback_jax.errors import DiskFullError, InputError, is_disk_full
 
 
@@ -37,7 +38,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
 
 def iter_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
   """As ``iter_jsonl``, yielding (1-based line number, record) for messages about a record."""
-  with open(path, encoding="utf-8") as f:
+  with fs.open_text(path) as f:
     for lineno, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -51,7 +52,10 @@ def iter_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
 
 
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
-  """Writes records atomically (temp file + rename): a crash never leaves half a file.
+  """Writes records atomically: a crash never leaves half a file.
+
+  Locally a temporary file ``NAME.tmp`` + fsync + rename; on an object store one object write
+  at the end (``fs.atomic_writer``).
 
   Returns:
     The number of records written.
@@ -61,28 +65,22 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
     InputError: a record holds text that cannot be written as UTF-8 (a lone surrogate); the
       message names the record's position and id.
   """
-  path = pathlib.Path(path)
+  shown = os.fspath(path)
   if not hosts.is_writer():  # process 0 writes; the others validate, count and wait for it
-    n = sum(1 for i, r in enumerate(records) if _dumps(r, path, i + 1))
-    hosts.sync(f"write_jsonl {path}")
+    n = sum(1 for i, r in enumerate(records) if _dumps(r, shown, i + 1))
+    hosts.sync(f"write_jsonl {shown}")
     return n
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
   n = 0
   try:
-    with open(tmp, "w", encoding="utf-8") as f:
+    with fs.atomic_writer(path, "w") as f:
       for r in records:
-        f.write(_dumps(r, path, n + 1))
+        f.write(_dumps(r, shown, n + 1))
         n += 1
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-    hosts.sync(f"write_jsonl {path}")  # others may read it as soon as this returns
+    hosts.sync(f"write_jsonl {shown}")  # others may read it as soon as this returns
   except BaseException as e:
-    tmp.unlink(missing_ok=True)
     if is_disk_full(e):
       raise DiskFullError(e.errno if isinstance(e, OSError) else 28,
-                          f"{path}: disk full after {n} records ({e}); the file was left as "
+                          f"{shown}: disk full after {n} records ({e}); the file was left as "
                           "it was; free space and rerun") from e
     raise
   return n
@@ -99,7 +97,8 @@ def _dumps(record: dict, path, n: int) -> str:
 
 
 class JsonlAppender:
-  """Append-only writer for a stage's partial output; each ``append`` is flushed and fsynced.
+  """Append-only writer for a stage's partial output; each ``append`` is flushed and fsynced
+  (on an object store: the whole file re-uploaded in one object write, ``fs.AppendWriter``).
 
   On restart, ``done_ids`` gives the ids already written, so the stage resumes where it
   stopped. A torn line (the process died mid-write: not valid JSON, or a last line without
@@ -113,15 +112,14 @@ class JsonlAppender:
   """
 
   def __init__(self, path: str | os.PathLike, id_key: str = "id"):
-    self.path = pathlib.Path(path)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.path = fs.path(path)
     self.id_key = id_key
     self.torn_lines = 0
     self.duplicate_lines = 0
     self.records: list[dict] = []
     self.done_ids: set = set()
     if self.path.exists():
-      with open(self.path, encoding="utf-8", errors="replace") as f:
+      with fs.open_text(self.path, errors="replace") as f:
         for line in f:
           try:
             if not line.endswith("\n"):
@@ -139,8 +137,9 @@ class JsonlAppender:
       if self.torn_lines or self.duplicate_lines:  # rewrite without them
         write_jsonl(self.records, self.path)
     # Process 0 appends; the others keep the same records in memory (they compute the same
-    # chunks in lockstep) and write nothing.
-    self._f = open(self.path, "a", encoding="utf-8") if hosts.is_writer() else None
+    # chunks in lockstep) and write nothing. On an object store each append re-uploads the
+    # whole file (``fs.AppendWriter``): the object is never torn.
+    self._f = fs.AppendWriter(self.path) if hosts.is_writer() else None
 
   def append(self, records: Iterable[dict]) -> None:
     try:
@@ -151,8 +150,7 @@ class JsonlAppender:
         self.records.append(r)
         self.done_ids.add(r[self.id_key])
       if self._f is not None:
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._f.sync()
     except OSError as e:
       if is_disk_full(e):
         raise DiskFullError(e.errno, f"{self.path}: disk full while appending ({e}); the "

@@ -47,8 +47,9 @@ def _resolve_task(task: str | os.PathLike | seqio.Task, tokenizer: Tokenizer, ki
   task = os.fspath(task)
   if task in seqio.TaskRegistry.names():
     return seqio.TaskRegistry.get(task)
-  if os.path.exists(task):
-    key = hashlib.sha1(f"{os.path.abspath(task)}|{kind}|{list(default_tags)}".encode())
+  from humpback_jax import fs
+  if fs.path(task).exists():  # local or gs://
+    key = hashlib.sha1(f"{fs.path(task)}|{kind}|{list(default_tags)}".encode())
     name = f"jsonl_{kind}_{key.hexdigest()[:12]}"
     if kind == "backward":
       return backward_task(name, task, tokenizer)

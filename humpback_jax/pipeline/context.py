@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import pathlib
 
-from humpback_jax import paths
+from etils import epath
+
+from humpback_jax import fs, paths
 from humpback_jax.pipeline.config import PipelineConfig
 
 
@@ -71,9 +73,9 @@ def load_model(spec: str, data_root=None, *, tokenizer: str | None = None,
   from humpback_jax.models.convert import load_checkpoint
   from humpback_jax.tokenizers import load_tokenizer
   data_root = data_root or str(paths.default_data_root())
-  model_dir = pathlib.Path(spec)
-  if (model_dir / "params").is_dir():
-    run_dir = model_dir.resolve().parent.parent
+  model_dir = None if spec.startswith("hf://") else fs.path(spec)
+  if model_dir is not None and (model_dir / "params").is_dir():
+    run_dir = model_dir.parent.parent
     try:
       base = json.loads((run_dir / "manifest.json").read_text())["config"]["base"]
       run_root = json.loads((run_dir / "manifest.json").read_text())["config"].get("data_root")
@@ -103,7 +105,7 @@ class RunContext:
   """The run directory, the config, and the base model/tokenizer loaded once per process."""
 
   def __init__(self, run_dir, config: PipelineConfig, progress: bool = True):
-    self.run_dir = pathlib.Path(run_dir)
+    self.run_dir = fs.path(run_dir)  # local or gs://
     self.config = config
     self.progress = progress
     self.data_root = config.data_root or str(paths.default_data_root())
@@ -135,9 +137,11 @@ class RunContext:
     """``runtime.mesh``."""
     return self.runtime.mesh
 
-  def path(self, rel: str) -> pathlib.Path:
+  def path(self, rel: str) -> epath.Path:
+    """``RUN_DIR/rel`` (its local parent directory created; object stores have none)."""
     p = self.run_dir / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if fs.is_local(p):
+      p.parent.mkdir(parents=True, exist_ok=True)
     return p
 
   @property
@@ -176,7 +180,7 @@ class RunContext:
     """Writes ``RUN_DIR/rel`` as JSON (process 0 only)."""
     from humpback_jax import hosts
     if hosts.is_writer():
-      self.path(rel).write_text(json.dumps(obj, indent=2, default=str))
+      fs.atomic_write_text(self.path(rel), json.dumps(obj, indent=2, default=str))
 
   def read_json(self, rel: str):
     return json.loads((self.run_dir / rel).read_text())

@@ -22,9 +22,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import pathlib
 import stat
 from typing import Any
+
+from humpback_jax import fs
 
 # Above this a file is identified by (size, mtime) rather than content (our choice: hashing a
 # multi-GB WARC at every start would cost minutes; 256 MiB hashes in well under a second).
@@ -41,23 +42,25 @@ def file_digest(path: str | os.PathLike) -> str:
 
   Files up to ``CONTENT_HASH_MAX_BYTES`` (bytes) by content, larger ones by size and mtime;
   a directory by the sorted (relative name, digest) of its files (symlinks not followed).
+  Local or object-store (``gs://``) paths alike (``fs.path``); on an object store a large
+  object's mtime is its modification time in whole seconds.
   """
-  path = pathlib.Path(path)
+  path = fs.path(path)
   try:
     if path.is_dir():
-      entries = []
-      for root, _, files in os.walk(path):
-        for name in sorted(files):
-          p = pathlib.Path(root) / name
-          entries.append((str(p.relative_to(path)), file_digest(p)))
-      return _digest(sorted(entries))
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or device: never open it (it could block)
-      return f"not a regular file (mode {stat.filemode(st.st_mode)})"
-    if st.st_size > CONTENT_HASH_MAX_BYTES:
-      return _digest({"size": st.st_size, "mtime_ns": st.st_mtime_ns})
+      return _digest(sorted((name, file_digest(path / name)) for name in fs.walk_files(path)))
+    if fs.is_local(path):
+      st = os.stat(path)
+      if not stat.S_ISREG(st.st_mode):  # a FIFO or device: never open it (it could block)
+        return f"not a regular file (mode {stat.filemode(st.st_mode)})"
+      size, mtime_ns = st.st_size, st.st_mtime_ns
+    else:
+      st = path.stat()
+      size, mtime_ns = st.length, st.mtime * 1_000_000_000
+    if size > CONTENT_HASH_MAX_BYTES:
+      return _digest({"size": size, "mtime_ns": mtime_ns})
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):
         h.update(block)
     return h.hexdigest()[:16]
@@ -85,8 +88,9 @@ def stage_fingerprint(ctx, stage, producers: dict[str, str], manifest) -> dict[s
   for rel in stage.external_files(ctx.config):
     from humpback_jax import paths
     parts[f"file:{rel}"] = file_digest(paths.resolve(rel, ctx.data_root))
+  run_dir = fs.path(ctx.run_dir)
   for rel in stage.inputs:
-    path = ctx.run_dir / rel
+    path = run_dir / rel
     if path.is_dir() and rel in producers:
       recorded = manifest.stage(producers[rel]).get("fingerprint") or {}
       parts[f"input:{rel}"] = _digest(recorded)

@@ -7,7 +7,9 @@ inputs changed), ...stage extras}}, "config": {...} (of the latest invocation)}`
 skipped on rerun when its status is "done", every declared output exists and its fingerprint
 is unchanged (``runner.run_stage``).
 
-Only process 0 writes (``jax.process_index() == 0``); the others read.
+Only process 0 writes (``jax.process_index() == 0``); the others read. The run directory may be
+local or on an object store (``gs://``): the manifest is rewritten whole each time
+(``fs.atomic_write_text``: temp file + rename locally, one object write on GCS).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import pathlib
 from typing import Any
+
+from humpback_jax import fs
 
 
 def _now() -> str:
@@ -27,7 +30,7 @@ class Manifest:
   """Reads and atomically rewrites ``manifest.json`` in a run directory."""
 
   def __init__(self, run_dir: str | os.PathLike):
-    self.path = pathlib.Path(run_dir) / "manifest.json"
+    self.path = fs.path(run_dir) / "manifest.json"
     if self.path.exists():
       try:
         self.data = json.loads(self.path.read_text())
@@ -73,14 +76,12 @@ class Manifest:
   def _write(self) -> None:
     if not _is_writer():
       return
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = self.path.with_name(self.path.name + ".tmp")
-    tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, self.path)
+    fs.atomic_write_text(self.path, json.dumps(self.data, indent=2, sort_keys=False,
+                                               default=str))
 
 
 def _is_writer() -> bool:
-  """Process 0 writes the manifest; other hosts of a multi-host run only read it."""
-  import sys
-  jax = sys.modules.get("jax")  # never import JAX just to write a manifest
-  return jax is None or jax.process_index() == 0
+  """Process 0 writes the manifest; other hosts of a multi-host run only read it
+  (``hosts.is_writer``, which never imports JAX just to write a manifest)."""
+  from humpback_jax import hosts
+  return hosts.is_writer()

@@ -1,13 +1,13 @@
 """``RUN_DIR/report.md``: counts per stage, length stats, score histograms per iteration, the
 parse-validity rate and ten example curated pairs. Built only from the manifest and the
-artifacts in the run directory.
+artifacts in the run directory (local or ``gs://``: read and written through ``humpback_jax.fs``).
 """
 
 from __future__ import annotations
 
 import math
 
-from humpback_jax import jsonl
+from humpback_jax import fs, jsonl
 from humpback_jax.data.seed import length_stats
 
 _BAR = 40
@@ -46,7 +46,7 @@ def _clip(text: str, n: int = 300) -> str:
 def write_report(ctx, manifest) -> str:
   """Writes and returns the markdown report (stages not yet run are shown as pending)."""
   stages = manifest.data["stages"]
-  run = ctx.run_dir
+  run = fs.path(ctx.run_dir)
   lines = ["# Humpback run report", ""]
   base = ctx.config.base.checkpoint
   lines.append(f"Base model: `{base}`" + (
@@ -192,6 +192,6 @@ def write_report(ctx, manifest) -> str:
       lines += [f"- **{_clip(o['instruction'], 150)}**", f"  {_clip(o['output'], 400)}"]
   text = "\n".join(lines) + "\n"
   from humpback_jax import hosts
-  if hosts.is_writer():
-    ctx.path("report.md").write_text(text)
+  if hosts.is_writer():  # process 0 writes; one object write on GCS
+    fs.atomic_write_text(run / "report.md", text)
   return text

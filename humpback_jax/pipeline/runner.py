@@ -6,6 +6,9 @@ stage reruns (``on_change="rerun"``, the default), and so, through their inputs,
 stages downstream of it; or the run stops with ``StaleStateError`` naming what changed
 (``on_change="error"``). A rerun from changed inputs first discards the stage's partial files,
 and its training checkpoints (through ``ctx.force``).
+
+The run directory may be local or on an object store (``gs://``); its files are reached through
+``humpback_jax.fs`` (``etils.epath``), and process 0 alone writes them (``hosts.is_writer``).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from humpback_jax import hosts
+from humpback_jax import fs, hosts
 from humpback_jax.errors import StaleStateError
 from humpback_jax.pipeline import fingerprints, report
 from humpback_jax.pipeline.config import PipelineConfig, to_dict
@@ -27,15 +30,19 @@ ON_CHANGE = ("rerun", "error")
 
 
 def _outputs_exist(ctx: RunContext, stage: Stage) -> bool:
-  return all((ctx.run_dir / o).exists() for o in stage.outputs)
+  run_dir = fs.path(ctx.run_dir)
+  return all((run_dir / o).exists() for o in stage.outputs)
 
 
 def _discard_partials(ctx: RunContext, stage: Stage, why: str) -> None:
+  run_dir = fs.path(ctx.run_dir)
   for rel in stage.partials:
-    path = ctx.run_dir / rel
+    path = run_dir / rel
     if path.exists():
       log.warning("stage %s: discarding %s (%s)", stage.name, path, why)
-      path.unlink()
+      if hosts.is_writer():
+        path.unlink(missing_ok=True)
+  hosts.sync(f"stage {stage.name} discard partials")  # no host reads a partial being deleted
 
 
 def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = False,
@@ -56,7 +63,8 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
   """
   if on_change not in ON_CHANGE:
     raise ValueError(f"on_change must be one of {ON_CHANGE}, got {on_change!r}")
-  missing = [i for i in stage.inputs if not (ctx.run_dir / i).exists()]
+  run_dir = fs.path(ctx.run_dir)
+  missing = [i for i in stage.inputs if not (run_dir / i).exists()]
   if missing:
     raise FileNotFoundError(
         f"stage {stage.name}: missing inputs {missing} in {ctx.run_dir}; run the earlier stages")
@@ -67,7 +75,7 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
   if manifest.is_done(stage.name):  # an output edited or replaced since the stage wrote it
     written = entry.get("outputs") or {}
     changes += [f"output:{rel} modified" for rel, d in written.items()
-                if fingerprints.file_digest(ctx.run_dir / rel) != d]
+                if fingerprints.file_digest(run_dir / rel) != d]
   rerun_reason = None
   if not force and manifest.is_done(stage.name) and _outputs_exist(ctx, stage):
     if not changes:
@@ -94,8 +102,8 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
     raise
   finally:
     ctx.force = False
-  outputs = {rel: fingerprints.file_digest(ctx.run_dir / rel) for rel in stage.outputs
-             if (ctx.run_dir / rel).is_file()}
+  outputs = {rel: fingerprints.file_digest(run_dir / rel) for rel in stage.outputs
+             if (run_dir / rel).is_file()}
   manifest.finish(stage.name, time.time() - t0, outputs=outputs, **extras)
   hosts.sync(f"stage {stage.name} done")  # the others read its outputs only once written
   log.info("stage %s: done in %.1f s (count=%s)", stage.name, time.time() - t0,
@@ -121,7 +129,7 @@ def run_pipeline(run_dir, config: PipelineConfig, *, only: str | None = None,
   manifest = Manifest(ctx.run_dir)
   manifest.set("config", to_dict(config))
   if operative_gin and hosts.is_writer():
-    ctx.path("config.gin").write_text(operative_gin)
+    fs.atomic_write_text(fs.path(ctx.run_dir) / "config.gin", operative_gin)
   stages = pipeline_stages(config.iterations, config.export_hf, config.final_samples)
   producers = {out: s.name for s in stages for out in s.outputs}
   if only is not None:

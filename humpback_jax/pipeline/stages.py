@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 from typing import Callable
 
-from humpback_jax import curate, hosts, jsonl
+from humpback_jax import curate, fs, hosts, jsonl
 from humpback_jax.data import templates
 from humpback_jax.pipeline.context import RunContext
 
@@ -56,12 +54,19 @@ class Stage:
 
 
 def prepare_seed(ctx: RunContext) -> dict:
+  """Reads, cleans and decontaminates the seed data; process 0 alone (``hosts.on_writer``),
+  the others wait for its file."""
   from humpback_jax.data.seed import build_seed
-  pairs, stats = build_seed(ctx.config.seed, data_root=ctx.data_root)
-  if not pairs:
-    from humpback_jax.errors import InputError
-    raise InputError(f"no seed pairs left of {stats.get('total_seen')} records read from "
-                     f"{stats.get('sources')}; drops: {stats.get('dropped')}")
+
+  def build():
+    pairs, stats = build_seed(ctx.config.seed, data_root=ctx.data_root)
+    if not pairs:
+      from humpback_jax.errors import InputError
+      raise InputError(f"no seed pairs left of {stats.get('total_seen')} records read from "
+                       f"{stats.get('sources')}; drops: {stats.get('dropped')}")
+    return pairs, stats
+
+  pairs, stats = hosts.on_writer(build, "prepare_seed") or ([], {})
   jsonl.write_jsonl(pairs, ctx.path("data/seed.jsonl"))
   ctx.write_json("data/seed_stats.json", stats)
   return {"count": len(pairs), "lengths": stats.get("lengths"), "dropped": stats.get("dropped"),
@@ -70,10 +75,12 @@ def prepare_seed(ctx: RunContext) -> dict:
 
 
 def prepare_web(ctx: RunContext) -> dict:
+  """Reads and cleans the web corpus into segments on process 0 alone (its extraction workers
+  start on that host only: ``hosts.on_writer``); the others wait for its file."""
   from humpback_jax.data.web import build_segments
-  segments, stats = build_segments(ctx.config.web, data_root=ctx.data_root,
-                                   progress=ctx.progress)
   # build_segments raises WebInputError itself when nothing is left (naming why).
+  segments, stats = hosts.on_writer(lambda: build_segments(
+      ctx.config.web, data_root=ctx.data_root, progress=ctx.progress), "prepare_web") or ([], {})
   jsonl.write_jsonl(segments, ctx.path("data/segments.jsonl"))
   ctx.write_json("data/web_stats.json", stats)
   return {"count": len(segments), "stats": stats}
@@ -285,11 +292,9 @@ def answer_final(ctx: RunContext) -> dict:
   generator = f"humpback-jax-{name}-{cfg.base.checkpoint.replace('/', '_')}"
   outputs = [{"instruction": it["instruction"], "output": t.strip(), "generator": generator,
               "dataset": it["dataset"]} for it, t in zip(items, texts)]
-  out = ctx.path("data/final_outputs.json")
   if hosts.is_writer():
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(outputs, indent=2, ensure_ascii=False))
-    os.replace(tmp, out)
+    fs.atomic_write_text(ctx.path("data/final_outputs.json"),
+                         json.dumps(outputs, indent=2, ensure_ascii=False))
   return {"count": len(outputs), "unfinished": int(sum(not f for f in finished))}
 
 
@@ -301,15 +306,21 @@ def export_final(ctx: RunContext) -> dict:
   # The HF format is written by one host: the one place the whole model comes to the hosts
   # (all-gathered: a collective, so every process takes part).
   params = hosts.fetch(params)
-  out = ctx.path(f"models/{name}_hf")
+  rel = f"models/{name}_hf"
+  out = ctx.path(rel)
   if not hosts.is_writer():
-    return {"count": 1, "path": str(out.relative_to(ctx.run_dir))}
-  tmp = out.with_name(out.name + ".tmp")
-  shutil.rmtree(tmp, ignore_errors=True)
-  save_hf(model_cfg, params, str(tmp), tokenizer=ctx.tokenizer)
-  shutil.rmtree(out, ignore_errors=True)
-  os.replace(tmp, out)
-  return {"count": 1, "path": str(out.relative_to(ctx.run_dir))}
+    return {"count": 1, "path": rel}
+  if fs.is_local(out):
+    tmp = out.with_name(out.name + ".tmp")
+    fs.rmtree(tmp)
+    save_hf(model_cfg, params, str(tmp), tokenizer=ctx.tokenizer)
+    fs.replace(tmp, out)
+  else:  # save_hf writes local files: stage them, then copy (config.json last)
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+      save_hf(model_cfg, params, d + "/hf", tokenizer=ctx.tokenizer)
+      fs.replace(d + "/hf", out, marker="config.json")
+  return {"count": 1, "path": rel}
 
 
 def _progress(ctx, it, desc):

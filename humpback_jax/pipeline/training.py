@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pathlib
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
+
+from humpback_jax import fs
 
 from humpback_jax.train.fingerprint import (InputsChangedError, check_on_mismatch,
                                             describe_changes, file_sha256, normalize)
@@ -34,8 +35,8 @@ from humpback_jax.train.fingerprint import (InputsChangedError, check_on_mismatc
 FINGERPRINT_FILE = "humpback_fingerprint.json"
 
 
-def _params_dir(model_dir) -> pathlib.Path:
-  return pathlib.Path(model_dir) / "params"
+def _params_dir(model_dir) -> epath.Path:
+  return fs.path(model_dir) / "params"
 
 
 def _tokenizer_id(tokenizer) -> dict:
@@ -135,7 +136,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
   from humpback_jax.data.iterator import make_train_iterator
   from humpback_jax.train.loop import train
 
-  model_dir = pathlib.Path(model_dir)
+  model_dir = fs.path(model_dir)  # local or gs://
   params_dir = _params_dir(model_dir)
   fingerprint = training_fingerprint(
       model_config=model_config, tokenizer=tokenizer, train_file=train_file,
@@ -149,7 +150,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
     if changes:  # never leave stale params for later stages should the retraining fail
       from humpback_jax import hosts
       if hosts.is_writer():
-        shutil.rmtree(params_dir)
+        fs.rmtree(params_dir)
       hosts.sync(f"drop {params_dir}")
     else:  # already trained from these very inputs: reuse, never retrain
       _drop_train_state(model_dir, train_config)
@@ -170,7 +171,7 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
 
   loop_fp = {k: v for k, v in fingerprint.items() if k != "train_config"}
   params, summary = train(model_config, base_params, batches_fn, train_config,
-                          str((model_dir / "ckpt").absolute()), progress=progress,
+                          os.fspath(model_dir / "ckpt"), progress=progress,
                           fingerprint=loop_fp, on_mismatch=on_mismatch,
                           summary_dir=summary_dir, mesh=runtime.mesh, rules=runtime.rules)
   save_params(params, params_dir, fingerprint=fingerprint)
@@ -180,14 +181,14 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
   return summary
 
 
-def _drop_train_state(model_dir: pathlib.Path, train_config) -> None:
+def _drop_train_state(model_dir: epath.Path, train_config) -> None:
   """Deletes ``model_dir/ckpt`` (full train state: params + Adam moments, ~3x the params)
   once the final params are saved, unless ``TrainConfig.keep_train_state``. Process 0 only."""
   import jax
   ckpt = model_dir / "ckpt"
   if train_config.keep_train_state or not ckpt.exists() or jax.process_index() != 0:
     return
-  shutil.rmtree(ckpt, ignore_errors=True)
+  fs.rmtree(ckpt)
 
 
 def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None) -> None:
@@ -203,20 +204,21 @@ def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None)
   import orbax.checkpoint as ocp
 
   from humpback_jax import hosts
-  directory = pathlib.Path(directory).absolute()
+  directory = fs.path(directory)
   tmp = directory.with_name(directory.name + ".tmp")
   if hosts.is_writer():
-    shutil.rmtree(tmp, ignore_errors=True)
+    fs.rmtree(tmp)
   hosts.sync(f"save_params {directory} start")
   with ocp.StandardCheckpointer() as ckptr:  # collective: every process writes its shards
     ckptr.save(tmp, params)
     ckptr.wait_until_finished()
   if hosts.is_writer():
     if fingerprint is not None:
-      (tmp / FINGERPRINT_FILE).write_text(json.dumps(normalize(fingerprint), sort_keys=True,
-                                                     indent=1))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+      fs.atomic_write_text(tmp / FINGERPRINT_FILE, json.dumps(normalize(fingerprint),
+                                                              sort_keys=True, indent=1))
+    # Locally an atomic rename; on an object store a copy whose marker (the fingerprint,
+    # which readers require) is written last.
+    fs.replace(tmp, directory, marker=FINGERPRINT_FILE if fingerprint is not None else None)
   hosts.sync(f"save_params {directory} done")
 
 
@@ -239,7 +241,7 @@ def load_trained(model_dir, model_config, shardings=None):
   import orbax.checkpoint as ocp
 
   from humpback_jax import sharding as shd
-  directory = _params_dir(model_dir).absolute()
+  directory = _params_dir(model_dir)
   if not directory.exists():
     raise FileNotFoundError(f"{directory}: no trained parameters; run its training stage")
   abstract = shd.abstract_params(model_config)

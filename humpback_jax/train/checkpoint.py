@@ -7,6 +7,12 @@ Only finite states are saved (``train.loop`` checks every step before saving). O
 into a temporary directory and renames it when complete (atomic finalize), so a save interrupted
 by a crash or preemption leaves the previous complete step as ``latest_step()``; leftover
 temporary directories are removed when the manager is next opened.
+
+The directory may be local or on an object store (``gs://bucket/...``): it is handed to orbax
+as an ``etils.epath`` path (``humpback_jax.fs.path``: local paths made absolute, URIs kept as
+given). On GCS orbax writes a step in place and marks it complete with a commit file instead of
+renaming it; ``latest_step()`` likewise ignores incomplete steps. Orbax coordinates the
+processes of a multi-host run itself (every process calls ``save``; process 0 finalizes).
 """
 
 from __future__ import annotations
@@ -17,18 +23,21 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from humpback_jax import fs
+
 
 class Checkpointer:
   """Thin wrapper around ``ocp.CheckpointManager`` for ``TrainState`` + JSON metadata.
 
   Args:
-    directory: checkpoint root (created if missing); one subdirectory per saved step.
+    directory: checkpoint root (created if missing); one subdirectory per saved step. Local
+      (made absolute) or a ``gs://`` URI; ``self.directory`` is its ``epath.Path``.
     keep: number of most recent checkpoints to keep.
     async_save: write in a background thread after the blocking device-to-host copy.
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int, async_save: bool = True):
-    self.directory = os.fspath(os.path.abspath(directory))
+    self.directory = fs.path(directory)
     self._mngr = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

@@ -59,8 +59,9 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
   Raises:
     FileNotFoundError: ``path`` does not exist.
   """
+  from humpback_jax import fs
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with fs.path(path).open("rb") as f:  # local or gs://
     while chunk := f.read(chunk_bytes):
       h.update(chunk)
   return h.hexdigest()
