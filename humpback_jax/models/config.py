@@ -20,6 +20,16 @@ REMAT_POLICIES: dict[str, str | None] = {
     "dots_with_no_batch_dims_saveable": "dots_with_no_batch_dims_saveable",
 }
 
+# attention_impl choices (kernels in ``models/attention.py``; its docstring compares them).
+ATTENTION_IMPLS = ("dot_product", "chunked", "xla", "cudnn", "splash")
+
+# Fields that choose how the model is executed (memory, speed, rounding order), not what it
+# computes nor the checkpoint layout. ``to_dict`` leaves them out, so that the training
+# fingerprint (``pipeline/training.py``) neither changes for existing runs nor when a run
+# switches kernels. (``remat_policy`` is one too, but it was already recorded by ``to_dict``
+# and is always "none" on the base config, which is what gets fingerprinted.)
+EXECUTION_FIELDS = ("attention_impl", "attention_chunk_size", "scan_layers")
+
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
@@ -50,6 +60,18 @@ class LlamaConfig:
       tied embedding) in float32 whatever ``dtype`` is (MaxText's flag of the same name). The
       next-token scoring of self-curation turns it on, so that a bfloat16 model's scores are
       not read from logits rounded to bfloat16's 8-bit mantissa.
+    attention_impl: the attention kernel (``ATTENTION_IMPLS``; ``models/attention.py``):
+      "dot_product" (einsum; materializes the [B, KV, G, T, S] scores), "chunked" (pure-JAX
+      flash attention over ``attention_chunk_size``-key chunks: scores never larger than
+      [B, KV, G, T, chunk], forward and backward; any platform), "xla" / "cudnn"
+      (``jax.nn.dot_product_attention``; "cudnn" only on a CUDA GPU, else ``ValueError`` at
+      trace time), "splash" (TPU Pallas kernel for the no-cache path; with a KV cache it runs
+      "chunked"; off TPU ``ValueError`` at trace time). Same math, different rounding order.
+    attention_chunk_size: keys per chunk of "chunked" (>= 1; need not divide the length).
+    scan_layers: True runs the L blocks under one ``nn.scan`` (one compiled block: fast
+      compiles); False unrolls them (``nn.scan(unroll=L)``: XLA may schedule and fuse across
+      layers; compile time grows with L). Either way the parameters keep their stacked
+      layout with a leading L axis, so checkpoints and converters do not depend on it.
   """
 
   vocab_size: int
@@ -68,8 +90,18 @@ class LlamaConfig:
   dropout_rate: float = 0.0
   remat_policy: str = "none"
   logits_dot_in_fp32: bool = False
+  attention_impl: str = "dot_product"
+  attention_chunk_size: int = 512
+  scan_layers: bool = True
 
   def __post_init__(self):
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl={self.attention_impl!r}: expected one of "
+                       f"{list(ATTENTION_IMPLS)}")
+    if self.attention_chunk_size < 1:
+      raise ValueError(f"attention_chunk_size must be >= 1, got {self.attention_chunk_size}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"scan_layers must be True or False, got {self.scan_layers!r}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy={self.remat_policy!r}: expected one of "
                        f"{sorted(REMAT_POLICIES)}")
@@ -94,4 +126,5 @@ class LlamaConfig:
     return dataclasses.replace(self, **kw)
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The fields as a dict, less ``EXECUTION_FIELDS`` (how it runs, not what it computes)."""
+    return {k: v for k, v in dataclasses.asdict(self).items() if k not in EXECUTION_FIELDS}

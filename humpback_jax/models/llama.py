@@ -3,7 +3,9 @@
 Architecture (HF ``LlamaForCausalLM`` semantics): RMSNorm pre-norm blocks, rotary position
 embeddings in the HF *half-split* layout (``rotate_half``), grouped-query attention, SwiGLU MLP,
 tied or untied output embedding. The L blocks are stacked under one ``nn.scan``, so every block
-parameter has a leading ``layers`` axis of size L.
+parameter has a leading ``layers`` axis of size L (``LlamaConfig.scan_layers=False`` unrolls that
+scan but keeps the layout). The attention kernel is ``LlamaConfig.attention_impl``
+(``models/attention.py``).
 
 Parameters are a plain pytree ``{"params": {...}}``:
 
@@ -33,7 +35,9 @@ replicates them over the mesh. Without it (the default) nothing is constrained.
 Masks. Every call takes ``segment_ids`` (int32 [B, T]; 0 = padding, equal non-zero ids = one
 packed example). A query attends to a key iff both have the same non-zero segment id and the key
 is not in the future. With a KV cache the keys are the cache slots, whose segment ids are kept
-in the cache, so left-padded prompts and decode steps need no extra mask arguments.
+in the cache, so left-padded prompts and decode steps need no extra mask arguments. The mask
+travels as a ``attention.MaskSpec`` (segment ids and slots); the [B, T, S] boolean tensor is
+built only for the kernels that read it.
 """
 
 from __future__ import annotations
@@ -44,11 +48,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+# attention_mask is re-exported (it lived here before models/attention.py).
+from humpback_jax.models.attention import MaskSpec, attend, attention_mask  # noqa: F401
 from humpback_jax.models.config import REMAT_POLICIES, LlamaConfig
 
 KVCache = dict  # {"k","v": [L,B,S,KV,Dh]; "segment_ids": int32[B,S]; "index": int32[]}
-
-_NEG_INF = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def _acc(dtype) -> Any:
@@ -142,15 +146,9 @@ class Attention(nn.Module):
       v = c(jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), at), cache_names)
       new_cache = (k, v)
 
-    b, t = q.shape[:2]
-    q = q.reshape(b, t, kv, h // kv, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k.astype(q.dtype),
-                        preferred_element_type=_acc(q.dtype)) * (dh ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(cfg.compute_dtype))
-    out = c(out.reshape(b, t, h, dh), ("activation_batch", "activation_length",
-                                       "activation_heads", None))
+    out = attend(q, k, v, mask, cfg.attention_impl, cfg.attention_chunk_size,
+                 cfg.compute_dtype, cached=layer_cache is not None, sharding=self.sharding)
+    out = c(out, ("activation_batch", "activation_length", "activation_heads", None))
     out = dense(cfg.hidden_size, (-2, -1), ("heads", "head_dim", "embed"), "o_proj")(out)
     return c(out, _RESIDUAL), new_cache
 
@@ -180,7 +178,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """One pre-norm block; scanned, so it maps (carry=x, xs=layer cache) -> (x, new cache)."""
+  """One pre-norm block; scanned, so it maps (carry=x, xs=layer cache) -> (x, new cache).
+
+  ``mask`` is an ``attention.MaskSpec`` (broadcast to every layer).
+  """
 
   config: LlamaConfig
   deterministic: bool = True
@@ -197,18 +198,6 @@ class DecoderLayer(nn.Module):
     x = x + drop(attn_out)
     x = x + drop(MLP(cfg, self.sharding, name="mlp")(norm("post_attn_norm")(x)))
     return _constrain(self.sharding, x, _RESIDUAL), new_cache
-
-
-def attention_mask(q_segment_ids, kv_segment_ids, q_slots, kv_slots):
-  """Boolean [B, T, S] mask: same non-zero segment and key slot <= query slot.
-
-  Args:
-    q_segment_ids: int32 [B, T]; kv_segment_ids: int32 [B, S];
-    q_slots: int32 [T] slot index of each query; kv_slots: int32 [S].
-  """
-  same = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
-  causal = kv_slots[None, None, :] <= q_slots[None, :, None]
-  return same & causal & (q_segment_ids[:, :, None] != 0)
 
 
 class Llama(nn.Module):
@@ -248,7 +237,7 @@ class Llama(nn.Module):
 
     if cache is None:
       slots = jnp.arange(t, dtype=jnp.int32)
-      mask = attention_mask(segment_ids, segment_ids, slots, slots)
+      mask = MaskSpec.build(cfg.attention_impl, segment_ids, segment_ids, slots, slots)
       cache_index = None
       xs = None
     else:
@@ -257,7 +246,8 @@ class Llama(nn.Module):
           cache["segment_ids"], segment_ids.astype(jnp.int32),
           (jnp.zeros((), cache_index.dtype), cache_index))
       s = kv_segments.shape[1]
-      mask = attention_mask(segment_ids, kv_segments, cache_index + jnp.arange(t, dtype=jnp.int32),
+      mask = MaskSpec.build(cfg.attention_impl, segment_ids, kv_segments,
+                            cache_index + jnp.arange(t, dtype=jnp.int32),
                             jnp.arange(s, dtype=jnp.int32))
       xs = (cache["k"], cache["v"])
 
@@ -272,6 +262,7 @@ class Llama(nn.Module):
         split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers,
+        unroll=1 if cfg.scan_layers else cfg.num_layers,  # unrolled: same stacked params
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(cfg, deterministic=self.deterministic, sharding=self.sharding, name="layers")
     x, new_kv = layers(x, xs, cos, sin, mask, cache_index)

@@ -33,12 +33,41 @@ class BaseModelConfig:
     tokenizer: tokenizer path (same forms); None = the checkpoint's own (GGUF, HF directory).
     dtype: compute dtype ("float32" | "bfloat16").
     param_dtype: parameter dtype.
+    attention_impl: attention kernel of the base model wherever it runs outside training
+      (sampling, scoring; ``models.config.ATTENTION_IMPLS``, ``models/attention.py``).
+      Training uses ``TrainConfig.attention_impl``. Sampling always decodes from a KV cache,
+      where "splash" runs "chunked".
+    attention_chunk_size: keys per chunk of "chunked".
+    scan_layers: ``nn.scan`` over the decoder blocks (True) or unrolled (False).
   """
 
   checkpoint: str = "smollm2"
   tokenizer: str | None = None
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention_impl: str = "dot_product"
+  attention_chunk_size: int = 512
+  scan_layers: bool = True
+
+  def __post_init__(self):
+    from humpback_jax.models.config import ATTENTION_IMPLS
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"BaseModelConfig.attention_impl={self.attention_impl!r}: expected one "
+                       f"of {list(ATTENTION_IMPLS)}")
+    if self.attention_chunk_size < 1:
+      raise ValueError(f"BaseModelConfig.attention_chunk_size must be >= 1, got "
+                       f"{self.attention_chunk_size}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"BaseModelConfig.scan_layers must be True or False, got "
+                       f"{self.scan_layers!r}")
+
+  def apply(self, llama_config):
+    """``llama_config`` (a ``models.config.LlamaConfig``) with this config's dtypes, attention
+    kernel, chunk size and layer scan (what ``RunContext.base_model`` should return)."""
+    return llama_config.replace(dtype=self.dtype, param_dtype=self.param_dtype,
+                                attention_impl=self.attention_impl,
+                                attention_chunk_size=self.attention_chunk_size,
+                                scan_layers=self.scan_layers)
 
 
 @dataclasses.dataclass(frozen=True)

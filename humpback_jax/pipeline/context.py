@@ -83,11 +83,13 @@ def load_model(spec: str, data_root=None, *, tokenizer: str | None = None,
       raise ValueError(f"{spec}: a trained model directory, but {run_dir / 'manifest.json'} "
                        f"does not name its base model ({e})") from e
     root = run_root or data_root
-    cfg, base_params = load_checkpoint(resolve_model_path(base["checkpoint"], root))
+    from humpback_jax.models.convert import open_checkpoint
+    cfg = open_checkpoint(resolve_model_path(base["checkpoint"], root)).config
+    cfg = cfg.replace(dtype=base.get("dtype") or cfg.dtype,
+                      param_dtype=base.get("param_dtype") or cfg.param_dtype)
     tok = load_tokenizer(resolve_model_path(
         tokenizer or base.get("tokenizer") or base["checkpoint"], root))
     from humpback_jax.pipeline.training import load_trained
-    del base_params
     cfg, params = load_trained(model_dir, cfg)
   else:
     path = resolve_model_path(spec, data_root)
@@ -110,6 +112,7 @@ class RunContext:
     self.progress = progress
     self.data_root = config.data_root or str(paths.default_data_root())
     self._base = None
+    self._base_config = None
     self._tokenizer = None
     self._runtime = None
     self.force = False  # set by the runner while a stage runs with --force
@@ -154,13 +157,27 @@ class RunContext:
     return self._tokenizer
 
   @property
+  def base_config(self):
+    """The base LM's ``LlamaConfig`` with the configured dtypes, attention kernel and layer
+    scan (``BaseModelConfig.apply``; reads the checkpoint's metadata only)."""
+    if self._base_config is None:
+      from humpback_jax.models.convert import open_checkpoint
+      cfg = open_checkpoint(resolve_model_path(self.config.base.checkpoint,
+                                               self.data_root)).config
+      self._base_config = self.config.base.apply(cfg)  # dtypes, attention kernel, layer scan
+    return self._base_config
+
+  @property
   def base_model(self):
-    """(LlamaConfig, params) of the base LM, with the configured dtypes."""
+    """(LlamaConfig, params) of the base LM, with the configured dtypes; the parameters are
+    read one tensor at a time straight into their shardings on the run's mesh (each process
+    builds only its devices' shards: no host ever holds the whole model)."""
     if self._base is None:
       from humpback_jax.models.convert import load_checkpoint
-      cfg, params = load_checkpoint(resolve_model_path(self.config.base.checkpoint,
-                                                       self.data_root))
-      cfg = cfg.replace(dtype=self.config.base.dtype, param_dtype=self.config.base.param_dtype)
+      cfg = self.base_config
+      _, params = load_checkpoint(
+          resolve_model_path(self.config.base.checkpoint, self.data_root),
+          shardings=self.runtime.param_shardings(cfg), dtype=cfg.param_dtype)
       self._base = (cfg, params)
     return self._base
 

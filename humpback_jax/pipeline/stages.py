@@ -117,7 +117,7 @@ def _load_trained(ctx: RunContext, name: str):
   """(LlamaConfig, params) of ``models/<name>``, read straight onto the run's mesh (each
   process reads only its shards)."""
   from humpback_jax.pipeline.training import load_trained
-  model_cfg, _ = ctx.base_model
+  model_cfg = ctx.base_config
   return load_trained(str(ctx.run_dir / "models" / name), model_cfg,
                       ctx.runtime.param_shardings(model_cfg))
 

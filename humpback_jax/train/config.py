@@ -11,6 +11,11 @@ from humpback_jax.sharding import MeshConfig
 MATH_FIELDS = ("learning_rate", "end_learning_rate", "warmup_steps", "weight_decay",
                "dropout_rate", "batch_size", "num_steps", "sequence_length", "adam_b1",
                "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples", "micro_batches")
+# Not math fields, like ``remat_policy``: ``attention_impl``, ``attention_chunk_size`` and
+# ``scan_layers`` choose how the same function is executed (memory, speed, compile time). The
+# kernels differ only in rounding order (float64: ~1e-15 relative, tests/test_attention.py),
+# which is below the run-to-run nondeterminism a resumed run already accepts (XLA reductions,
+# another mesh); so a run may resume with another kernel, e.g. after moving from GPU to TPU.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,15 @@ class TrainConfig:
       "dots_with_no_batch_dims_saveable"). Memory, not math: not a math field, so a run may
       resume with another policy. "full" is what lets Llama-2-7B train on 16 GiB chips
       (``tools/memory_plan.py``).
+    attention_impl: the attention kernel for training and evaluation
+      (``models.config.ATTENTION_IMPLS``: "dot_product", "chunked", "xla", "cudnn", "splash";
+      ``models/attention.py``). "chunked" (any platform) and "splash" (TPU) never materialize
+      the [rows, heads, T, T] scores; "cudnn" needs a CUDA GPU, "splash" a TPU (else a
+      ``ValueError`` when the step is traced). Not a math field (see ``MATH_FIELDS``).
+    attention_chunk_size: keys per chunk of "chunked" (>= 1). Not a math field.
+    scan_layers: True: the decoder blocks run under one ``nn.scan`` (fast compile); False:
+      unrolled (parameters keep their stacked layout, checkpoints are interchangeable). Not a
+      math field.
     micro_batches: gradient accumulation: each optimizer step runs its batch as this many
       micro-batches (rows must divide by ``micro_batches x data x fsdp``), summing gradients
       and normalising by the step's total target tokens, so the update equals one pass over
@@ -84,16 +98,28 @@ class TrainConfig:
   eval_examples: int = 0
   mesh: MeshConfig = MeshConfig()
   remat_policy: str = "none"
+  attention_impl: str = "dot_product"
+  attention_chunk_size: int = 512
+  scan_layers: bool = True
   micro_batches: int = 1
   keep_train_state: bool = False
 
   def __post_init__(self):
     if self.micro_batches < 1:
       raise ValueError(f"TrainConfig.micro_batches must be >= 1, got {self.micro_batches}")
-    from humpback_jax.models.config import REMAT_POLICIES
+    from humpback_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"TrainConfig.remat_policy={self.remat_policy!r}: expected one of "
                        f"{sorted(REMAT_POLICIES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"TrainConfig.attention_impl={self.attention_impl!r}: expected one of "
+                       f"{list(ATTENTION_IMPLS)}")
+    if self.attention_chunk_size < 1:
+      raise ValueError(f"TrainConfig.attention_chunk_size must be >= 1, got "
+                       f"{self.attention_chunk_size}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"TrainConfig.scan_layers must be True or False, got "
+                       f"{self.scan_layers!r}")
     if self.num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
     if not 0 <= self.warmup_steps < self.num_steps:
@@ -106,6 +132,15 @@ class TrainConfig:
 
   def replace(self, **kw) -> "TrainConfig":
     return dataclasses.replace(self, **kw)
+
+  def apply(self, model_config):
+    """``model_config`` (a ``LlamaConfig``) with this run's execution settings: remat policy,
+    attention kernel and chunk, layer scan. Dropout is not among them (the train step sets it,
+    the evaluation step turns it off)."""
+    return model_config.replace(remat_policy=self.remat_policy,
+                                attention_impl=self.attention_impl,
+                                attention_chunk_size=self.attention_chunk_size,
+                                scan_layers=self.scan_layers)
 
   def math_dict(self) -> dict:
     """The fields that determine the trained parameters (checked when resuming).

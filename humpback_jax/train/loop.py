@@ -99,7 +99,8 @@ def _compiled(model_config: LlamaConfig, train_config: TrainConfig, mesh: Mesh,
   abstract = abstract_state(model_config, optimizer)
   shardings = state_shardings(model_config, abstract, mesh, rules)
   step_fn = make_train_step(model_config, train_config, optimizer, mesh, shardings, rules)
-  eval_fn = make_eval_step(model_config, mesh, shardings.params, rules)
+  eval_fn = make_eval_step(model_config, mesh, shardings.params, rules,
+                           train_config=train_config)
   return optimizer, abstract, shardings, step_fn, eval_fn
 
 

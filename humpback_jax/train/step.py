@@ -45,6 +45,9 @@ def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
   ``sharding`` constrains the model's activations (residual stream, attention, MLP, logits) to
   their logical shardings on the mesh (``models/llama.py``); None leaves them to XLA.
 
+  The model runs with ``train_config``'s ``remat_policy``, ``attention_impl``,
+  ``attention_chunk_size`` and ``scan_layers`` (``TrainConfig.apply``).
+
   Dropout is on (``train_config.dropout_rate``, ``deterministic=False``). ``rng`` is the run's
   base dropout key (the loop passes ``PRNGKey(train_config.seed)`` at every step); the step
   draws its masks from ``jax.random.fold_in(rng, state.step)``, so every step has its own masks
@@ -56,8 +59,7 @@ def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
   and ``finite`` (bool: loss, grad_norm and every updated parameter are finite; the loop stops
   on False and never checkpoints such a state).
   """
-  model = Llama(model_config.replace(dropout_rate=train_config.dropout_rate,
-                                     remat_policy=train_config.remat_policy),
+  model = Llama(train_config.apply(model_config).replace(dropout_rate=train_config.dropout_rate),
                 deterministic=False, sharding=sharding)
   schedule = learning_rate_schedule(train_config)
 
@@ -146,14 +148,20 @@ def make_train_step(model_config: LlamaConfig, train_config: TrainConfig,
 
 
 def eval_step_fn(model_config: LlamaConfig,
-                 sharding: shd.ActivationSharding | None = None) -> EvalStep:
+                 sharding: shd.ActivationSharding | None = None,
+                 train_config: TrainConfig | None = None) -> EvalStep:
   """The un-jitted evaluation step ``(params, batch) -> sums`` (dropout off).
+
+  With ``train_config`` the model runs with its attention kernel, chunk, layer scan and remat
+  policy (``TrainConfig.apply``), as the train step does; without, as ``model_config`` says.
 
   Returns:
     f32 scalars ``loss_sum`` (sum of weighted token cross-entropies, nats), ``num_tokens`` (sum
     of loss weights) and ``correct`` (weighted argmax hits); the loop sums them over the
     held-out batches, so the evaluation loss is a token-level mean like the training loss.
   """
+  if train_config is not None:
+    model_config = train_config.apply(model_config)
   model = Llama(model_config.replace(dropout_rate=0.0), deterministic=True, sharding=sharding)
 
   def step(params, batch: dict):
@@ -168,16 +176,18 @@ def eval_step_fn(model_config: LlamaConfig,
 
 
 def make_eval_step(model_config: LlamaConfig, mesh: Mesh, param_shardings,
-                   rules: shd.LogicalRules = shd.DEFAULT_LOGICAL_AXIS_RULES) -> EvalStep:
+                   rules: shd.LogicalRules = shd.DEFAULT_LOGICAL_AXIS_RULES,
+                   train_config: TrainConfig | None = None) -> EvalStep:
   """``jax.jit`` of ``eval_step_fn`` (params are not donated).
 
   Args:
     param_shardings: ``NamedSharding`` tree of ``{"params": ...}`` (``TrainState.params``).
+    train_config: its execution settings (attention kernel, ...) apply, see ``eval_step_fn``.
   Returns:
     ``eval_step(params, batch) -> sums``; ``batch`` as for the train step; replicated outputs.
   """
   rep = shd.replicated(mesh)
   batch_shard = {k: shd.batch_sharding(mesh, rules) for k in BATCH_KEYS}
   sharding = shd.ActivationSharding(mesh, tuple(rules))
-  return jax.jit(eval_step_fn(model_config, sharding), in_shardings=(param_shardings, batch_shard),
-                 out_shardings=rep)
+  return jax.jit(eval_step_fn(model_config, sharding, train_config),
+                 in_shardings=(param_shardings, batch_shard), out_shardings=rep)
