@@ -146,12 +146,9 @@ def _ids(path: pathlib.Path) -> list:
 
 
 def _params(path: pathlib.Path):
-  import numpy as np
-  import orbax.checkpoint as ocp
   import jax
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(path.absolute())
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+  from humpback_jax.pipeline.training import read_params
+  return jax.tree.leaves(read_params(path.absolute()))
 
 
 def compare(reference: pathlib.Path, faulted: pathlib.Path) -> dict:

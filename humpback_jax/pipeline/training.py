@@ -222,6 +222,23 @@ def save_params(params, directory, *, fingerprint: dict[str, Any] | None = None)
   hosts.sync(f"save_params {directory} done")
 
 
+def read_params(directory) -> Any:
+  """The parameters saved in an orbax params directory as host numpy arrays, whatever mesh
+  and number of processes wrote them (shapes and dtypes from the checkpoint's metadata).
+
+  For one process and small models (tests, tools); ``load_trained`` with ``shardings`` reads
+  onto a mesh instead.
+  """
+  import orbax.checkpoint as ocp
+  is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(directory)
+    meta = getattr(meta, "item_metadata", meta)
+    target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta, is_leaf=is_array)
+    params = ckptr.restore(directory, target)
+  return jax.tree.map(np.asarray, params)
+
+
 def load_trained(model_dir, model_config, shardings=None):
   """(LlamaConfig, params) of a model trained by ``fine_tune``.
 
@@ -246,10 +263,7 @@ def load_trained(model_dir, model_config, shardings=None):
     raise FileNotFoundError(f"{directory}: no trained parameters; run its training stage")
   abstract = shd.abstract_params(model_config)
   if shardings is None:
-    with ocp.StandardCheckpointer() as ckptr:
-      params = ckptr.restore(directory, jax.tree.map(
-          lambda a: np.zeros(a.shape, a.dtype), abstract))
-    return model_config, jax.tree.map(np.asarray, params)
+    return model_config, read_params(directory)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         abstract, shardings)
   with ocp.StandardCheckpointer() as ckptr:
