@@ -10,7 +10,8 @@ from humpback_jax.sharding import MeshConfig
 # ``eval_examples`` is one of them: the held-out examples are not trained on.
 MATH_FIELDS = ("learning_rate", "end_learning_rate", "warmup_steps", "weight_decay",
                "dropout_rate", "batch_size", "num_steps", "sequence_length", "adam_b1",
-               "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples", "micro_batches")
+               "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples", "micro_batches",
+               "param_rounding")
 # Not math fields, like ``remat_policy``: ``attention_impl``, ``attention_chunk_size`` and
 # ``scan_layers`` choose how the same function is executed (memory, speed, compile time). The
 # kernels differ only in rounding order (float64: ~1e-15 relative, tests/test_attention.py),
@@ -73,6 +74,10 @@ class TrainConfig:
       and normalising by the step's total target tokens, so the update equals one pass over
       the whole batch while activations shrink by this factor. A math field only because
       dropout masks are drawn per micro-batch.
+    param_rounding: how the update is added to bfloat16 parameters (``train/rounding.py``):
+      "nearest" (default) or "stochastic" (unbiased; needed when bfloat16 weights train at
+      lr ~1e-5, whose updates round-to-nearest mostly loses). float32 parameters are
+      unaffected either way. A math field.
     keep_train_state: keep the full train-state checkpoints (params + Adam moments) of a
       finished fine-tuning stage; by default only the final params stay (the demo's 135M
       model left 2.8 GB of checkpoints per model; 7B ~100 GB per kept step).
@@ -102,11 +107,16 @@ class TrainConfig:
   attention_chunk_size: int = 512
   scan_layers: bool = True
   micro_batches: int = 1
+  param_rounding: str = "nearest"
   keep_train_state: bool = False
 
   def __post_init__(self):
     if self.micro_batches < 1:
       raise ValueError(f"TrainConfig.micro_batches must be >= 1, got {self.micro_batches}")
+    from humpback_jax.train.rounding import PARAM_ROUNDINGS
+    if self.param_rounding not in PARAM_ROUNDINGS:
+      raise ValueError(f"TrainConfig.param_rounding={self.param_rounding!r}: expected one of "
+                       f"{list(PARAM_ROUNDINGS)}")
     from humpback_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"TrainConfig.remat_policy={self.remat_policy!r}: expected one of "
@@ -146,9 +156,14 @@ class TrainConfig:
     """The fields that determine the trained parameters (checked when resuming).
 
     Returns:
-      ``{field: value}`` for ``MATH_FIELDS`` (JSON-able: ints and floats).
+      ``{field: value}`` for ``MATH_FIELDS`` (JSON-able: ints, floats and strings);
+      ``param_rounding`` only when not "nearest", so fingerprints of runs made before the
+      field existed stay valid.
     """
-    return {k: getattr(self, k) for k in MATH_FIELDS}
+    out = {k: getattr(self, k) for k in MATH_FIELDS}
+    if out["param_rounding"] == "nearest":
+      del out["param_rounding"]
+    return out
 
 
 def paper_batch_size(num_examples: int) -> int:

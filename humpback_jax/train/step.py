@@ -14,6 +14,7 @@ from humpback_jax.models.config import LlamaConfig
 from humpback_jax.models.llama import Llama
 from humpback_jax.train.config import TrainConfig
 from humpback_jax.train.loss import weighted_cross_entropy
+from humpback_jax.train.rounding import apply_updates
 from humpback_jax.train.schedule import learning_rate_schedule
 from humpback_jax.train.state import TrainState
 
@@ -30,6 +31,9 @@ def _all_finite(tree) -> jax.Array:
   return jax.tree.reduce(jnp.logical_and,
                          jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
                          jnp.array(True))
+
+
+_ROUNDING_STREAM = 0x7FFF_FFFF  # fold_in data of the rounding key; dropout uses 0..micro-1
 
 
 def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
@@ -114,7 +118,9 @@ def train_step_fn(model_config: LlamaConfig, train_config: TrainConfig,
     else:
       grads, metrics = accumulated(state.params, batch, step_rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    # Stochastic rounding (bfloat16 params) draws from its own key of (seed, step).
+    params = apply_updates(state.params, updates, rounding=train_config.param_rounding,
+                           key=jax.random.fold_in(step_rng, _ROUNDING_STREAM))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params)
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=schedule(state.step),
