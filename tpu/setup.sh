@@ -31,4 +31,4 @@ if ! test -x .venv/bin/python; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "jax[tpu]" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
-.venv/bin/python -m pip install -q -e .
+.venv/bin/python -m pip install -q -e ".[gcs]"
