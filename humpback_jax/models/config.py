@@ -31,6 +31,23 @@ ATTENTION_IMPLS = ("dot_product", "chunked", "xla", "cudnn", "splash")
 EXECUTION_FIELDS = ("attention_impl", "attention_chunk_size", "scan_layers")
 
 
+def check_execution(owner: str, attention_impl: str, attention_chunk_size: int,
+                    scan_layers: bool) -> None:
+  """Validates the execution fields a config binds (``TrainConfig``, ``BaseModelConfig``).
+
+  Raises:
+    ValueError: naming ``owner``'s field: an unknown ``attention_impl``, a chunk size < 1, or
+      a non-bool ``scan_layers``.
+  """
+  if attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"{owner}.attention_impl={attention_impl!r}: expected one of "
+                     f"{list(ATTENTION_IMPLS)}")
+  if attention_chunk_size < 1:
+    raise ValueError(f"{owner}.attention_chunk_size must be >= 1, got {attention_chunk_size}")
+  if not isinstance(scan_layers, bool):
+    raise ValueError(f"{owner}.scan_layers must be True or False, got {scan_layers!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
   """Shape and numerics of a LLaMA-family decoder.

@@ -50,16 +50,9 @@ class BaseModelConfig:
   scan_layers: bool = True
 
   def __post_init__(self):
-    from humpback_jax.models.config import ATTENTION_IMPLS
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"BaseModelConfig.attention_impl={self.attention_impl!r}: expected one "
-                       f"of {list(ATTENTION_IMPLS)}")
-    if self.attention_chunk_size < 1:
-      raise ValueError(f"BaseModelConfig.attention_chunk_size must be >= 1, got "
-                       f"{self.attention_chunk_size}")
-    if not isinstance(self.scan_layers, bool):
-      raise ValueError(f"BaseModelConfig.scan_layers must be True or False, got "
-                       f"{self.scan_layers!r}")
+    from humpback_jax.models.config import check_execution
+    check_execution("BaseModelConfig", self.attention_impl, self.attention_chunk_size,
+                    self.scan_layers)
 
   def apply(self, llama_config):
     """``llama_config`` (a ``models.config.LlamaConfig``) with this config's dtypes, attention

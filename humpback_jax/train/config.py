@@ -117,19 +117,12 @@ class TrainConfig:
     if self.param_rounding not in PARAM_ROUNDINGS:
       raise ValueError(f"TrainConfig.param_rounding={self.param_rounding!r}: expected one of "
                        f"{list(PARAM_ROUNDINGS)}")
-    from humpback_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
+    from humpback_jax.models.config import REMAT_POLICIES, check_execution
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"TrainConfig.remat_policy={self.remat_policy!r}: expected one of "
                        f"{sorted(REMAT_POLICIES)}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"TrainConfig.attention_impl={self.attention_impl!r}: expected one of "
-                       f"{list(ATTENTION_IMPLS)}")
-    if self.attention_chunk_size < 1:
-      raise ValueError(f"TrainConfig.attention_chunk_size must be >= 1, got "
-                       f"{self.attention_chunk_size}")
-    if not isinstance(self.scan_layers, bool):
-      raise ValueError(f"TrainConfig.scan_layers must be True or False, got "
-                       f"{self.scan_layers!r}")
+    check_execution("TrainConfig", self.attention_impl, self.attention_chunk_size,
+                    self.scan_layers)
     if self.num_steps < 1:
       raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
     if not 0 <= self.warmup_steps < self.num_steps:
