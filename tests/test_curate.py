@@ -155,6 +155,7 @@ def test_score_candidates_modes(mode, scores, sources):
   np.testing.assert_allclose([r["digit_mass"] for r in recs], [0.9, 0.8, 0.9], rtol=1e-5)
   for r in recs:
     assert set(r) >= {"id", "score", "source", "p_scores", "digit_mass", "expected_score"}
+    assert r["prefix_reused"] is None  # a stand-in sampler: no reuse (see test_prefix.py)
     assert len(r["p_scores"]) == 5 and abs(sum(r["p_scores"]) - 1) < 1e-5
   # Contexts: the prompt, then the reasoning up to its first score line, then "Score: ".
   assert all(c.endswith("Score: ") for c in s.contexts)
@@ -177,6 +178,8 @@ def test_curation_stats_hand_computed():
       {"score": None, "parsed": False, "rating": "x", "logprob_score": 1, "digit_mass": 0.2,
        "expected_score": 1.5, "source": None, "rating_finished": True},
   ]
+  for r, reused in zip(recs, [True, True, False, None]):
+    r["prefix_reused"] = reused
   st = curate.curation_stats(recs)
   assert st["scored"] == 4
   assert st["validity_rate"] == pytest.approx(0.5)
@@ -186,6 +189,7 @@ def test_curation_stats_hand_computed():
   assert st["logprob_scored"] == 1 and st["ratings_unfinished"] == 1
   assert st["A_5"] == 1 and st["A_4"] == 2
   assert st["histogram"] == {"1": 0, "2": 0, "3": 1, "4": 1, "5": 1, "invalid": 1}
+  assert st["prefix_reused"] == 2 and st["prefix_fallbacks"] == 1
   empty = curate.curation_stats([])
   assert empty["parse_logprob_agreement"] is None and empty["validity_rate"] is None
   assert json.loads(json.dumps(empty, allow_nan=False)) == empty  # valid JSON (no NaN)

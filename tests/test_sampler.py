@@ -464,3 +464,213 @@ def test_sampled_text_depends_on_seed_and_record_id_only(params):
   # Another id, another draw (same prompt, same position).
   other = full.generate_texts(params, PROMPTS, keys=[i + "x" for i in ids], **kw)
   assert other != [want[i] for i in ids]
+
+
+# ---------------------------------------------------------------- issue 9: speed, same outputs
+
+
+class _PerRowOnly:
+  """A strategy without ``sample_rows``: the decode loop calls it row by row (the path every
+  strategy took before ``sample_rows``)."""
+
+  def __init__(self, inner):
+    self.inner = inner
+
+  def __call__(self, logits, rng):
+    return self.inner(logits, rng)
+
+  def __hash__(self):
+    return hash(("per_row", self.inner))
+
+  def __eq__(self, other):
+    return isinstance(other, _PerRowOnly) and other.inner == self.inner
+
+
+@pytest.mark.parametrize("strategy", [Greedy(), Sampling(), Sampling(1.3, 0.8, 4)])
+def test_unrolled_and_scan_loops_and_row_sampling_equal_the_per_row_scan_path(params, strategy):
+  """The per-row strategy call inside the model's scanned layer stack is the decode loop as it
+  was; the unrolled loop with ``sample_rows`` gives the same tokens."""
+  tokens, lengths = _left_pad(_prompts(12, [7, 3, 11, 13, 0]))
+  run = lambda strat, loop: np.asarray(generate(
+      params, tokens, lengths, config=CFG, max_new_tokens=N_NEW, eos_ids=(5,), strategy=strat,
+      rng=jax.random.PRNGKey(4), layer_loop=loop).tokens)
+  ref = run(_PerRowOnly(strategy), "scan")
+  np.testing.assert_array_equal(run(strategy, "unrolled"), ref)
+  if isinstance(strategy, Greedy):
+    np.testing.assert_array_equal(run(strategy, "scan"), ref)
+    np.testing.assert_array_equal(run(_PerRowOnly(strategy), "unrolled"), ref)
+
+
+def test_float32_cache_is_the_default_and_a_bfloat16_cache_runs(params):
+  tokens, lengths = _left_pad(_prompts(13, [7, 3, 11]))
+  run = lambda **kw: generate(params, tokens, lengths, config=CFG, max_new_tokens=N_NEW,
+                              eos_ids=(), strategy=Greedy(), rng=jax.random.PRNGKey(0), **kw)
+  ref = run()
+  np.testing.assert_array_equal(run(cache_dtype=jnp.float32).tokens, ref.tokens)
+  np.testing.assert_array_equal(run(cache_dtype="float32", layer_loop="scan").tokens,
+                                ref.tokens)
+  for loop in ("unrolled", "scan"):
+    low = run(cache_dtype=jnp.bfloat16, layer_loop=loop)
+    assert low.tokens.shape == ref.tokens.shape and int(low.steps) == N_NEW
+    # Keys and values rounded to bfloat16 move the logits a little: the first tokens agree.
+    np.testing.assert_array_equal(np.asarray(low.tokens)[:, :2], np.asarray(ref.tokens)[:, :2])
+  # The cache really is bfloat16 (half the bytes).
+  from humpback_jax.sample import decode
+  lowered = decode._generate.lower(
+      params, tokens, lengths, jax.random.split(jax.random.PRNGKey(0), 3),
+      jnp.full((4,), -1, jnp.int32), jnp.int32(0), config=CFG, max_new_tokens=N_NEW,
+      strategy=Greedy(), cache_dtype=jnp.dtype(jnp.bfloat16), layer_loop="unrolled")
+  assert "tensor<3x25x2x8xbf16>" in lowered.as_text()  # [B, P + N, KV, Dh] per layer
+
+
+@pytest.mark.parametrize("tied,fp32_head", [(True, False), (False, True)])
+def test_params_cast_once_compute_what_the_model_computes(tied, fp32_head):
+  """bfloat16 compute, float32 parameters: the model on ``cast_params`` (every weight cast
+  once, as the decode loop holds them) equals the model casting them at each use, bit for
+  bit; and the decode loops on them equal the model's own scanned stack."""
+  from humpback_jax.sample import decode
+  cfg = CFG.replace(dtype="bfloat16", tie_word_embeddings=tied, logits_dot_in_fp32=fp32_head)
+  p32 = jax.jit(init_params, static_argnums=0)(cfg.replace(dtype="float32"),
+                                               jax.random.PRNGKey(1))
+  cast = decode.cast_params(p32, cfg)
+  kinds = {jax.tree_util.keystr(k): v.dtype for k, v in
+           jax.tree_util.tree_flatten_with_path(cast)[0]}
+  assert kinds["['params']['layers']['attn']['q_proj']['kernel']"] == jnp.bfloat16
+  assert kinds["['params']['layers']['input_norm']['scale']"] == jnp.float32
+  tokens, lengths = _left_pad(_prompts(14, [7, 3, 11]))
+  seg, pos = decode._prompt_layout(tokens, lengths)
+  fwd = jax.jit(lambda p: Llama(cfg).apply(p, jnp.where(seg > 0, tokens, 0), pos, seg)[0])
+  np.testing.assert_array_equal(fwd(cast), fwd(p32))
+  run = lambda p, loop: np.asarray(generate(
+      p, tokens, lengths, config=cfg, max_new_tokens=N_NEW, eos_ids=(), strategy=Greedy(),
+      rng=jax.random.PRNGKey(0), layer_loop=loop).tokens)
+  np.testing.assert_array_equal(run(p32, "unrolled"), run(p32, "scan"))
+  np.testing.assert_array_equal(run(cast, "unrolled"), run(p32, "unrolled"))
+
+
+def test_long_prompts_prefill_with_the_chunked_kernel(params):
+  """A prompt longer than one attention chunk is prefilled (and scored) with "chunked": the
+  same greedy tokens and log-probabilities as the dense kernel."""
+  from humpback_jax.sample import decode
+  cfg = CFG.replace(attention_chunk_size=4)
+  assert decode.prefill_attention_impl(cfg, 12) == "chunked"
+  assert decode.prefill_attention_impl(CFG, 12) == "dot_product"
+  tokens, lengths = _left_pad(_prompts(15, [7, 3, 11]))
+  run = lambda impl: np.asarray(generate(
+      params, tokens, lengths, config=cfg, max_new_tokens=N_NEW, eos_ids=(), strategy=Greedy(),
+      rng=jax.random.PRNGKey(0), prefill_attention=impl).tokens)
+  np.testing.assert_array_equal(run(None), run("dot_product"))
+  np.testing.assert_allclose(next_token_logprobs(params, tokens, lengths, config=cfg),
+                             next_token_logprobs(params, tokens, lengths, config=CFG),
+                             atol=logit_tol("float32", CFG.num_layers, 10.0, runs=2))
+
+
+def _nucleus_logits(kind: str, b: int, v: int, seed: int) -> np.ndarray:
+  rs = np.random.RandomState(seed)
+  if kind == "peaked":  # nucleus of a few tokens: the 64 candidates hold it
+    return (rs.standard_t(2, size=(b, v)) * 3).astype(np.float32)
+  if kind == "medium":  # nucleus of ~100-1000 tokens: the 1024 candidates hold it
+    x = rs.normal(size=(b, v)).astype(np.float32)
+    x[:, :600] += 6
+    return x
+  return (rs.normal(size=(b, v)) * 0.2).astype(np.float32)  # "flat": bisection
+
+
+@pytest.mark.parametrize("kind,temperature,top_p,top_k", [
+    ("peaked", 0.7, 0.9, 0), ("medium", 0.7, 0.9, 0), ("flat", 0.7, 0.9, 0),
+    ("mixed", 0.7, 0.9, 0), ("ties", 0.7, 0.9, 0), ("mixed", 1.3, 0.8, 10),
+    ("mixed", 0.7, 0.95, 2000)])
+def test_sample_rows_equals_the_per_row_draw(kind, temperature, top_p, top_k):
+  """``Sampling.sample_rows`` (top-k candidates / bisection, Gumbel noise of the candidates
+  only) draws the same tokens as ``Sampling.__call__`` per row with its key, whichever search
+  each row needs and whichever its batch-mates need."""
+  b, v = 24, 4000
+  if kind == "mixed":
+    logits = np.concatenate([_nucleus_logits(k, 8, v, 3) for k in ("peaked", "medium", "flat")])
+  elif kind == "ties":
+    logits = np.round(_nucleus_logits("peaked", b, v, 4))  # many exactly tied logits
+  else:
+    logits = _nucleus_logits(kind, b, v, 5)
+  s = Sampling(temperature, top_p, top_k)
+  keys = jax.random.split(jax.random.PRNGKey(6), b)
+  fast = jax.jit(s.sample_rows)(jnp.asarray(logits), keys)
+  slow = jax.jit(jax.vmap(lambda l, k: s(l[None], k)[0]))(jnp.asarray(logits), keys)
+  np.testing.assert_array_equal(fast, slow)
+  # A row's draw does not depend on its batch-mates (here: alone vs in the batch).
+  alone = jax.jit(s.sample_rows)(jnp.asarray(logits[5:6]), keys[5:6])
+  assert int(alone[0]) == int(fast[5])
+
+
+def test_gumbel_at_is_jax_random_gumbel():
+  from humpback_jax.sample.sampling import gumbel_at
+  v = 5000
+  for seed in range(3):
+    key = jax.random.PRNGKey(seed)
+    want = jax.jit(lambda k: jax.random.gumbel(k, (1, v))[0])(key)
+    got = jax.jit(gumbel_at)(key, jnp.arange(v, dtype=jnp.int32))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_greedy_sample_rows_is_argmax():
+  rs = np.random.RandomState(0)
+  x = np.round(rs.normal(size=(16, 300)) * 2).astype(np.float32)  # ties: lowest id wins
+  x[3, 7] = np.nan
+  x[4, :] = -np.inf
+  np.testing.assert_array_equal(jax.jit(Greedy().sample_rows)(jnp.asarray(x)),
+                                jnp.argmax(jnp.asarray(x), axis=-1))
+
+
+def test_prompt_width_ladder():
+  pw = sampler_lib.prompt_widths
+  assert pw(1024) == [64, 128, 256, 512, 1024]
+  assert pw(1536) == [64, 128, 256, 512, 1024, 1536]
+  assert pw(1000, 64) == [64, 128, 256, 512, 1000]
+  assert pw(1024, 64, "pow2_mid") == [64, 96, 128, 192, 256, 384, 512, 768, 1024]
+  assert pw(200, 64, "linear") == [64, 128, 192, 256]  # the rule before issue 9
+  assert pw(32, 32) == [32] and pw(32, 64) == [32] and pw(32, 16) == [16, 32]
+  with pytest.raises(ValueError, match="bucket rule"):
+    pw(64, 8, "cubic")
+  s = Sampler(CFG, ByteTokenizer(), max_prompt_len=200, batch_size=4, bucket=16)
+  assert s.prompt_widths == [16, 32, 64, 128, 200]
+  assert [s.prompt_width(n) for n in (0, 1, 16, 17, 33, 129, 200)] == [16, 16, 16, 32, 64,
+                                                                        200, 200]
+
+
+def test_compilations_are_bounded_by_the_ladder(params):
+  """Prompts of 1..60 tokens in batches of 4: every batch is padded to a ladder width, so the
+  decode program compiles once per width (4 here), however many distinct lengths there are;
+  the linear rule of before compiled one program per multiple of the bucket (15 here)."""
+  from humpback_jax import compilation
+  from humpback_jax.sample import decode
+  cfg = CFG.replace(max_seq_len=255)  # a config no other test compiled for: a fresh jit cache
+  rs = np.random.RandomState(0)
+  prompts = [[int(t) for t in rs.randint(3, 259, size=n)] for n in rs.permutation(60) + 1]
+  s = Sampler(cfg, ByteTokenizer(), max_prompt_len=60, batch_size=4, bucket=8)
+  assert s.prompt_widths == [8, 16, 32, 60]
+  before = decode._generate._cache_size()
+  with compilation.counting() as c:
+    texts = s.generate_texts(params, prompts, max_new_tokens=4, strategy=Greedy(), seed=0)
+  assert len(texts) == 60
+  assert decode._generate._cache_size() - before == len(s.prompt_widths) == 4
+  assert s.stats["prompt_widths_used"] == 4 and s.stats["batches"] == 15
+  assert c["compilations"] >= 4 and c["compile_seconds"] > 0
+  assert s.stats["prompt_tokens"] == sum(range(1, 61))
+  assert s.stats["prompt_slots"] == 4 * (2 * 8 + 2 * 16 + 4 * 32 + 7 * 60)
+  linear = Sampler(cfg, ByteTokenizer(), max_prompt_len=60, batch_size=4, bucket=4,
+                   bucket_rule="linear")
+  assert len({linear.prompt_width(max(len(p) for p in prompts[i:i + 4]))
+              for i in range(0, 60, 4)}) > 4
+
+
+def test_pipelined_generate_texts_equals_one_batch_at_a_time(params):
+  """Batch i+1 is dispatched before batch i is decoded: same texts, same order, as running
+  every prompt alone."""
+  tok = ByteTokenizer()
+  prompts = PROMPTS * 3
+  s = Sampler(CFG, tok, max_prompt_len=MAX_PROMPT, batch_size=2, bucket=MAX_PROMPT)
+  kw = dict(max_new_tokens=N_NEW, strategy=Sampling(), seed=9)
+  together = s.generate_texts(params, prompts, keys=[f"k{i}" for i in range(len(prompts))],
+                              **kw)
+  one = [s.generate_texts(params, [p], keys=[f"k{i}"], **kw)[0] for i, p in enumerate(prompts)]
+  assert together == one
+  assert s.stats["batches"] == 9 + len(prompts)

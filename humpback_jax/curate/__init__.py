@@ -16,6 +16,11 @@ a brief reasoning and ``Score: N``. Two read-outs of its judgement are taken:
 "logprob" (log-prob arg-max, no generation), "generate+logprob" (parse, log-prob arg-max where
 the parse fails).
 
+Shared-prefix reuse (``CurationConfig.prefix_reuse``): every log-prob read-out starts with the
+same rating prompt head (chat header + rubric, ~500 tokens); it is encoded once per model and
+only the pair (plus the reasoning) is prefilled per candidate (``sample/prefix.py``), with the
+same scores up to float rounding. Generation (the "generate" read-out) is unchanged.
+
 Thresholds: A_5 = score 5 ("≥ 4.5" in [HB] §4.1), A_4 = score ≥ 4; main setting k = 5.
 """
 
@@ -58,6 +63,14 @@ class CurationConfig:
     chunk_size: candidates per resumable chunk (written to the partial file before the next).
     sanity_pairs: how many seed pairs the judge sanity check rates, as written and with the
       responses shuffled among them (``curate.sanity``); 0 turns the check off.
+    prefix_reuse: the log-prob read-out (modes "logprob" and "generate+logprob") encodes the
+      rating prompt's fixed head (``probe.rating_prefix``: chat header + rubric up to the
+      pair) once per model and prefills only each pair (and its reasoning) on top of it
+      (``sample.prefix.PrefixScorer``): the same scores up to float rounding, ~2-3x fewer
+      tokens prefilled. Prompts that do not start with the head are read in full (record
+      field ``prefix_reused`` False, counted in ``curation_stats``). A speed setting only.
+      (The judge sanity check, ``curate.sanity``, reads with ``read_scores``' default: reuse
+      on.)
   """
 
   mode: str = "generate+logprob"
@@ -70,6 +83,7 @@ class CurationConfig:
   batch_size: int = 16
   chunk_size: int = 256
   sanity_pairs: int = 32
+  prefix_reuse: bool = True
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -112,8 +126,9 @@ def score_candidates(sampler, params, tokenizer, candidates: Sequence[dict], cfg
     Records ``{"id", "score": int|None, "source": "parse"|"logprob"|None, "parsed": bool,
     "rating": str (generated reasoning; "" in logprob mode), "rating_finished": bool|None,
     "p_scores": [5 floats, renormalised], "digit_mass": float, "expected_score": float,
-    "logprob_score": int, "prompt_truncated": bool (the probe exceeded the sampler's prompt
-    budget and lost its middle)}``.
+    "logprob_score": int, "prefix_reused": bool|None (the read-out reused the encoded rating
+    prompt head; None with ``prefix_reuse`` off), "prompt_truncated": bool (the probe exceeded
+    the sampler's prompt budget and lost its middle)}``.
   Raises:
     ProbeError: the tokenizer cannot express the probe (see ``probe.score_probe``).
   """
@@ -129,7 +144,7 @@ def score_candidates(sampler, params, tokenizer, candidates: Sequence[dict], cfg
                                              keys=[c["id"] for c in candidates],
                                              return_finished=True)
   contexts = [reasoning_context(p, t) for p, t in zip(prompts, texts)]
-  readout = read_scores(sampler, params, tokenizer, contexts)
+  readout = read_scores(sampler, params, tokenizer, contexts, prefix_reuse=cfg.prefix_reuse)
   records = []
   for i, c in enumerate(candidates):
     parsed = parse_score(texts[i]) if cfg.mode != "logprob" else None
@@ -171,8 +186,9 @@ def curation_stats(records: Sequence[dict]) -> dict:
     ``mean_digit_mass``,
     ``mean_expected_score``, ``logprob_scored`` (records whose score came from the log-prob
     read-out), ``ratings_unfinished`` (generated ratings cut by ``max_new_tokens``),
-    ``truncated_prompts`` (rating prompts that lost their middle to fit), ``A_5``
-    and ``A_4`` (counts with score 5 and >= 4).
+    ``truncated_prompts`` (rating prompts that lost their middle to fit),
+    ``prefix_reused`` / ``prefix_fallbacks`` (read-outs taken on the shared rating-prompt head /
+    read in full although reuse was on), ``A_5`` and ``A_4`` (counts with score 5 and >= 4).
   """
   both = [r for r in records if r.get("parsed") and r.get("logprob_score") is not None]
   mass = [r["digit_mass"] for r in records if r.get("digit_mass") is not None]
@@ -191,6 +207,8 @@ def curation_stats(records: Sequence[dict]) -> dict:
       "logprob_scored": sum(1 for r in records if r.get("source") == "logprob"),
       "ratings_unfinished": sum(1 for r in records if r.get("rating_finished") is False),
       "truncated_prompts": sum(1 for r in records if r.get("prompt_truncated")),
+      "prefix_reused": sum(1 for r in records if r.get("prefix_reused") is True),
+      "prefix_fallbacks": sum(1 for r in records if r.get("prefix_reused") is False),
       "A_5": sum(1 for s in scores if s is not None and s >= 5),
       "A_4": sum(1 for s in scores if s is not None and s >= 4),
   }

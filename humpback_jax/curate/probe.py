@@ -12,16 +12,24 @@ it, or a digit spans two tokens) raises ``ProbeError`` instead of reading a wron
 What is kept per rated pair (``ScoreReadout``): the renormalised 5-way distribution, the digit
 mass before renormalising (how much the model believes it is writing a score at all), the
 arg-max score and the expected score.
+
+Shared-prefix reuse. Every probe starts with the same rating prompt head (chat header + the
+rubric of [HB] Table 19 up to the pair: 499 tokens with SmolLM2), so ``read_scores`` by default
+encodes that head once and prefills only each probe's rest (``sample/prefix.py``; the same
+numbers up to float rounding). ``rating_prefix`` is that head's token ids; a probe that does not
+start with it is read without reuse (``ScoreReadout.prefix_reused``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from humpback_jax.curate.parse import SCORES
+from humpback_jax.data import templates
 
 # What the model is asked to write on its last line ([HB] Table 19: 'write "Score: <rating>"').
 SCORE_ANSWER = "Score: "
@@ -86,6 +94,10 @@ class ScoreReadout:
     argmax: int32 [N] the most likely score (1..5).
     expected_score: float32 [N] sum_n n * p_scores[:, n-1] (in [1, 5]).
     probe_tokens: int32 [N] length of each probe (tokens) before any truncation, or None.
+    prefix_reused: bool [N] the probe was read on the shared rating-prompt prefix encoded once
+      (``sample/prefix.py``); False: read by a full forward although reuse was asked for (the
+      probe does not start with the prefix); None: reuse was not asked for (or the sampler
+      cannot do it).
   """
 
   p_scores: np.ndarray
@@ -93,10 +105,12 @@ class ScoreReadout:
   argmax: np.ndarray
   expected_score: np.ndarray
   probe_tokens: np.ndarray | None = None
+  prefix_reused: np.ndarray | None = None
 
   @classmethod
   def from_logprobs(cls, digit_logprobs: np.ndarray,
-                    probe_tokens: np.ndarray | None = None) -> "ScoreReadout":
+                    probe_tokens: np.ndarray | None = None,
+                    prefix_reused: np.ndarray | None = None) -> "ScoreReadout":
     """From log P(digit N | probe) float [N, 5] under the full softmax."""
     lp = np.asarray(digit_logprobs, np.float64)
     top = lp.max(-1, keepdims=True)
@@ -107,19 +121,50 @@ class ScoreReadout:
     return cls(p_scores=p.astype(np.float32), digit_mass=mass.astype(np.float32),
                argmax=(p.argmax(-1) + 1).astype(np.int32),
                expected_score=(p @ scores).astype(np.float32),
-               probe_tokens=probe_tokens)
+               probe_tokens=probe_tokens, prefix_reused=prefix_reused)
 
   def record(self, i: int) -> dict:
     """JSON fields of row ``i``: ``p_scores`` (5 floats), ``digit_mass``, ``expected_score``,
-    ``logprob_score``."""
+    ``logprob_score``, ``prefix_reused`` (bool, or None when reuse was not asked for)."""
     return {"p_scores": [round(float(x), 6) for x in self.p_scores[i]],
             "digit_mass": round(float(self.digit_mass[i]), 6),
             "expected_score": round(float(self.expected_score[i]), 4),
-            "logprob_score": int(self.argmax[i])}
+            "logprob_score": int(self.argmax[i]),
+            "prefix_reused": (None if self.prefix_reused is None
+                              else bool(self.prefix_reused[i]))}
+
+
+_RATING_PREFIXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def rating_prefix(tokenizer) -> list[int]:
+  """Token ids every rating prompt of ``tokenizer`` starts with: the chat header and the
+  rubric of [HB] Table 19 up to (excluding) the pair and the BPE pieces that may merge with
+  its first characters (``sample.prefix.template_prefix``). Computed once per tokenizer."""
+  try:
+    cached = _RATING_PREFIXES.get(tokenizer)
+  except TypeError:  # not weak-referenceable: compute every time
+    cached = None
+  if cached is not None:
+    return list(cached)
+  from humpback_jax.sample.prefix import template_prefix
+  ids = template_prefix(tokenizer, lambda f: templates.rating_prompt(tokenizer, f, f))
+  try:
+    _RATING_PREFIXES[tokenizer] = tuple(ids)
+  except TypeError:
+    pass
+  return ids
+
+
+def _can_reuse_prefix(sampler) -> bool:
+  """Prefix reuse needs the real ``Sampler`` (its budget, batching and mesh); duck-typed
+  stand-ins (tests' fakes) are read by their own ``candidate_logprobs``."""
+  from humpback_jax.sample.sampler import Sampler
+  return isinstance(sampler, Sampler)
 
 
 def read_scores(sampler, params, tokenizer: _Tokenizer, contexts: Sequence[str],
-                answer: str = SCORE_ANSWER) -> ScoreReadout:
+                answer: str = SCORE_ANSWER, prefix_reuse: bool = True) -> ScoreReadout:
   """One forward pass per context: the judge's distribution over "Score: 1".."Score: 5".
 
   Args:
@@ -129,6 +174,10 @@ def read_scores(sampler, params, tokenizer: _Tokenizer, contexts: Sequence[str],
     tokenizer: its tokenizer.
     contexts: N texts, each the rendered rating prompt plus, optionally, the model's reasoning.
     answer: the words before the digit.
+    prefix_reuse: encode the rating prompt's shared head (``rating_prefix``) once and prefill
+      only the rest of each probe (``sample.prefix.PrefixScorer``; same numbers up to float
+      rounding); probes that do not start with it are read in full (``prefix_reused``).
+      Ignored (full reads, ``prefix_reused`` None) for a sampler that is not a ``Sampler``.
   Returns:
     ``ScoreReadout`` of N rows.
   Raises:
@@ -137,6 +186,13 @@ def read_scores(sampler, params, tokenizer: _Tokenizer, contexts: Sequence[str],
   if not contexts:
     return ScoreReadout.from_logprobs(np.zeros((0, len(SCORES)), np.float32))
   probes = [score_probe(tokenizer, c, answer) for c in contexts]
-  logp = sampler.candidate_logprobs(params, [p for p, _ in probes],
-                                    np.asarray([d for _, d in probes], np.int32))
-  return ScoreReadout.from_logprobs(logp, np.asarray([len(p) for p, _ in probes], np.int32))
+  ids = [p for p, _ in probes]
+  digits = np.asarray([d for _, d in probes], np.int32)
+  lengths = np.asarray([len(p) for p in ids], np.int32)
+  prefix = rating_prefix(tokenizer) if prefix_reuse and _can_reuse_prefix(sampler) else []
+  if not prefix:
+    return ScoreReadout.from_logprobs(sampler.candidate_logprobs(params, ids, digits), lengths)
+  from humpback_jax.sample.prefix import scorer_for
+  logp, reused = scorer_for(sampler).candidate_logprobs(params, prefix, ids, digits,
+                                                        return_reused=True)
+  return ScoreReadout.from_logprobs(logp, lengths, reused)

@@ -54,6 +54,8 @@ def rate_pairs(pairs: Sequence[dict], *, sampler, params, tokenizer, cfg: Curati
       pairs are rated in fixed chunks of ``cfg.chunk_size`` (``jsonl.pending_chunks``), so a
       resumed run writes exactly what an uninterrupted one would.
     partial_path: append-only file of finished records (kept for resume).
+      With ``cfg.prefix_reuse`` the rating prompt's head is encoded once for all chunks (the
+      sampler's ``sample.prefix.scorer_for`` keeps it while ``params`` is the same object).
     progress: tqdm bar over chunks.
     desc: the bar's label.
   Returns:

@@ -2,6 +2,7 @@
 
   ``Sampler``             tokenize, truncate, sort by length, bucket, batch, generate on the
                           device (``sample/decode.py``), decode, restore the caller's order.
+  ``prompt_widths``       the fixed ladder of padded prompt widths (so of compiled shapes).
   ``record_keys``         per-record sampling keys from (global seed, record id).
 """
 
@@ -25,10 +26,12 @@ from humpback_jax.sample.decode import (  # re-exported: the public API of this 
 from humpback_jax.sample.sampling import Greedy, Sampling, Strategy
 
 __all__ = [
-    "ContextLengthError", "Greedy", "PromptTooLongError", "Sampling", "SampleOutput",
-    "SamplingState", "Sampler", "check_context_length", "generate", "next_token_logprobs",
-    "record_keys",
+    "BUCKET_RULES", "ContextLengthError", "Greedy", "PromptTooLongError", "Sampling",
+    "SampleOutput", "SamplingState", "Sampler", "check_context_length", "generate",
+    "next_token_logprobs", "prompt_widths", "record_keys",
 ]
+
+BUCKET_RULES = ("pow2", "pow2_mid", "linear")
 
 Params = Any
 
@@ -93,6 +96,38 @@ class _Batch:
 
 
 
+def prompt_widths(max_prompt_len: int, bucket: int = 64, rule: str = "pow2") -> list[int]:
+  """The padded prompt widths a ``Sampler`` uses, ascending; a batch is padded to the smallest
+  one that holds its longest prompt, so a run compiles at most ``len(...)`` prompt shapes per
+  (batch size, generation budget, strategy).
+
+  Rules (``bucket`` = b, ``max_prompt_len`` = M):
+    "pow2":     b, 2b, 4b, 8b, ... below M, then M (at most 2x padding; log2(M / b) + 1
+                widths: 5 for b=64, M=1024).
+    "pow2_mid": the same plus the midpoints 1.5b, 3b, 6b, ... (at most 1.5x padding, about
+                twice the widths).
+    "linear":   b, 2b, 3b, ... up to the first multiple of b >= M (the rule before issue 9:
+                M / b widths).
+
+  Raises:
+    ValueError: unknown rule or non-positive sizes.
+  """
+  if rule not in BUCKET_RULES:
+    raise ValueError(f"bucket rule {rule!r}: expected one of {list(BUCKET_RULES)}")
+  if max_prompt_len < 1 or bucket < 1:
+    raise ValueError(f"need positive sizes: max_prompt_len={max_prompt_len}, bucket={bucket}")
+  if rule == "linear":
+    return list(range(bucket, _round_up(max_prompt_len, bucket) + 1, bucket))
+  widths, w = set(), bucket
+  while w < max_prompt_len:
+    widths.add(w)
+    if rule == "pow2_mid" and w % 2 == 0 and w + w // 2 < max_prompt_len:
+      widths.add(w + w // 2)
+    w *= 2
+  widths.add(max_prompt_len)
+  return sorted(widths)
+
+
 class ContextLengthError(ValueError):
   """A prompt budget plus a generation budget exceeds the model's context length."""
 
@@ -128,9 +163,14 @@ class Sampler:
 
   Prompts are tokenized, truncated to ``max_prompt_len`` tokens if needed, sorted by length
   (longest first, so similar lengths share a batch and the biggest shape compiles first),
-  left-padded to a multiple of ``bucket`` tokens (so at most ``max_prompt_len / bucket``
-  prompt shapes compile per budget), batched ``batch_size`` rows at a time with inert filler
-  rows in the last batch, and the results are returned in the caller's order.
+  batched ``batch_size`` rows at a time with inert filler rows in the last batch, each batch
+  left-padded to the smallest width of the fixed ladder ``prompt_widths(max_prompt_len,
+  bucket, bucket_rule)`` that holds its longest prompt (default: powers of two times
+  ``bucket``, then ``max_prompt_len``: at most 5 prompt shapes for 64..1024, so a stage
+  compiles a handful of executables whatever its prompts), and the results are returned in
+  the caller's order. ``generate_texts`` dispatches batch i+1 to the device before it fetches
+  and detokenizes batch i (JAX's asynchronous dispatch), so detokenization overlaps the
+  device work.
 
   Truncation is a last resort that the caller should avoid by building prompts that fit:
   with ``prompt_overflow="truncate"`` it cuts the MIDDLE of the prompt (``templates.fit_prompt``:
@@ -147,13 +187,18 @@ class Sampler:
 
   Attributes:
     stats: running counters: "prompts", "truncated_prompts", "batches", "generated_tokens"
-      (including EOS), "unfinished" (rows cut by the budget before an EOS).
+      (including EOS), "unfinished" (rows cut by the budget before an EOS), "prompt_tokens"
+      (real prompt tokens of the batches run) and "prompt_slots" (batch_size x padded width,
+      summed: prompt_tokens / prompt_slots is the padding efficiency), "prompt_widths_used"
+      (distinct padded widths so far).
+    prompt_widths: the ladder of padded widths (``prompt_widths``).
   """
 
   def __init__(self, config: LlamaConfig, tokenizer: Tokenizer, *, max_prompt_len: int,
                batch_size: int, bucket: int = 64, mesh: jax.sharding.Mesh | None = None,
                rules: tuple | None = None, prompt_overflow: str = "truncate",
-               owner: str = "Sampler"):
+               owner: str = "Sampler", bucket_rule: str = "pow2", cache_dtype=None,
+               layer_loop: str | None = None):
     """Constructor.
 
     Args:
@@ -161,7 +206,8 @@ class Sampler:
       tokenizer: see ``Tokenizer``.
       max_prompt_len: longest prompt kept (tokens); longer ones lose their middle.
       batch_size: rows per device call (fixed; the last batch is filled).
-      bucket: prompt widths are rounded up to a multiple of this (tokens).
+      bucket: the smallest padded prompt width and the step of the width ladder (tokens;
+        ``prompt_widths``).
       mesh: a ``("data", "fsdp", "tensor")`` mesh (``sharding.make_mesh``; a mesh with a
         subset of these axes works too). Batches are sharded by ``rules``' ``batch`` entry
         (rows over data x fsdp), activations and the KV cache by their ``activation_*`` and
@@ -171,15 +217,23 @@ class Sampler:
       prompt_overflow: "truncate" (cut the middle, count it) or "error" for a prompt longer
         than ``max_prompt_len``.
       owner: the config class the budgets come from, named in errors.
+      bucket_rule: "pow2" (default), "pow2_mid" or "linear" (``prompt_widths``).
+      cache_dtype: KV cache dtype of ``generate`` (None: the compute dtype; e.g.
+        ``jnp.bfloat16`` halves the cache of a float32 model).
+      layer_loop: ``generate``'s decode layer loop, "unrolled" or "scan" (None: its default,
+        ``decode.default_layer_loop``).
     Raises:
-      ValueError: on non-positive sizes, an unknown ``prompt_overflow``, or batch_size not
-        divisible by the number of batch shards.
+      ValueError: on non-positive sizes, an unknown ``prompt_overflow`` or ``bucket_rule``, or
+        batch_size not divisible by the number of batch shards.
       ContextLengthError: ``max_prompt_len`` alone exceeds ``config.max_seq_len``.
     """
     from humpback_jax import sharding as shd
     if max_prompt_len < 1 or batch_size < 1 or bucket < 1:
       raise ValueError(f"need positive sizes: max_prompt_len={max_prompt_len}, "
                        f"batch_size={batch_size}, bucket={bucket}")
+    if bucket_rule not in BUCKET_RULES:
+      raise ValueError(f"{owner}: bucket_rule={bucket_rule!r}: expected one of "
+                       f"{list(BUCKET_RULES)}")
     if prompt_overflow not in ("truncate", "error"):
       raise ValueError(f"{owner}.prompt_overflow={prompt_overflow!r}: expected 'truncate' or "
                        "'error'")
@@ -191,6 +245,11 @@ class Sampler:
     self.max_prompt_len = max_prompt_len
     self.batch_size = batch_size
     self.bucket = bucket
+    self.bucket_rule = bucket_rule
+    self.prompt_widths = prompt_widths(max_prompt_len, bucket, bucket_rule)
+    self.cache_dtype = cache_dtype
+    self.layer_loop = layer_loop
+    self._widths_used: set[int] = set()
     self.mesh = mesh
     self.activation_sharding = None
     self._rows = None  # mesh axes of the batch dimension
@@ -206,7 +265,8 @@ class Sampler:
                          f"batch shards of the mesh {dict(mesh.shape)}")
       self.activation_sharding = shd.ActivationSharding(mesh, rules)
     self.stats: dict[str, int] = {"prompts": 0, "truncated_prompts": 0, "batches": 0,
-                                  "generated_tokens": 0, "unfinished": 0}
+                                  "generated_tokens": 0, "unfinished": 0, "prompt_tokens": 0,
+                                  "prompt_slots": 0, "prompt_widths_used": 0}
 
   def encode_prompts(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
     """Tokenizes (strings; token id lists pass through) and, as a last resort, cuts the
@@ -235,13 +295,23 @@ class Sampler:
     self.stats["truncated_prompts"] += truncated
     return out
 
+  def prompt_width(self, length: int) -> int:
+    """The padded width of a batch whose longest prompt has ``length`` tokens: the smallest
+    ladder width >= length (a length beyond the ladder, possible only for prompts that were
+    not encoded by this Sampler, is rounded up to a multiple of ``bucket``)."""
+    length = max(1, length)
+    for w in self.prompt_widths:
+      if w >= length:
+        return w
+    return _round_up(length, self.bucket)
+
   def _batches(self, ids: list[list[int]]) -> list[_Batch]:
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # stable: ties keep order
     pad = self.tokenizer.pad_id
     batches = []
     for n, start in enumerate(range(0, len(order), self.batch_size)):
       rows = np.asarray(order[start:start + self.batch_size], np.int64)
-      width = _round_up(max(1, max(len(ids[i]) for i in rows)), self.bucket)
+      width = self.prompt_width(max(len(ids[i]) for i in rows))
       tokens = np.full((self.batch_size, width), pad, np.int32)
       lengths = np.zeros((self.batch_size,), np.int32)
       for r, i in enumerate(rows):
@@ -250,6 +320,14 @@ class Sampler:
         lengths[r] = len(ids[i])
       batches.append(_Batch(n, rows, tokens, lengths))
     return batches
+
+  def _count_batch(self, batch: _Batch) -> None:
+    width = batch.tokens.shape[1]
+    self._widths_used.add(width)
+    self.stats["batches"] += 1
+    self.stats["prompt_tokens"] += int(batch.lengths.sum())
+    self.stats["prompt_slots"] += int(batch.tokens.size)
+    self.stats["prompt_widths_used"] = len(self._widths_used)
 
   def _put(self, x: np.ndarray) -> jax.Array:
     """A host batch array (rows first) onto the device(s): rows split over the batch axes."""
@@ -299,23 +377,42 @@ class Sampler:
     if len(keys) != len(prompts):
       raise ValueError(f"got {len(keys)} keys for {len(prompts)} prompts")
     row_keys = np.asarray(record_keys(seed, list(keys)))
-    for batch in _maybe_tqdm(batches, progress, "generate"):
+
+    def dispatch(batch: _Batch):
+      """Starts the batch on the device; returns without waiting (async dispatch)."""
       batch_keys = np.zeros((self.batch_size, 2), np.uint32)
       batch_keys[:len(batch.rows)] = row_keys[batch.rows]
       out = generate(params, self._put(batch.tokens), self._put(batch.lengths),
                      config=self.config, max_new_tokens=max_new_tokens,
                      eos_ids=(self.tokenizer.eos_id,), strategy=strategy,
                      rng=self._put(batch_keys),
-                     pad_id=self.tokenizer.pad_id, sharding=self.activation_sharding)
+                     pad_id=self.tokenizer.pad_id, sharding=self.activation_sharding,
+                     cache_dtype=self.cache_dtype, layer_loop=self.layer_loop)
+      return batch, out
+
+    def collect(batch: _Batch, out: SampleOutput) -> None:
+      """Waits for the batch, decodes its texts into place."""
       tokens, lengths, done = hosts.fetch((out.tokens, out.lengths, out.finished))
       for r, i in enumerate(batch.rows):
         n = int(lengths[r]) - int(done[r])
         texts[i] = self.tokenizer.decode(tokens[r, :n].tolist(), skip_special_tokens=True)
         finished[i] = bool(done[r])
       real = slice(0, len(batch.rows))
-      self.stats["batches"] += 1
+      self._count_batch(batch)
       self.stats["generated_tokens"] += int(lengths[real].sum())
       self.stats["unfinished"] += int((~done[real]).sum())
+
+    # One batch in flight ahead: batch i+1 runs on the device while batch i is fetched and
+    # detokenized here. (Its KV cache lives inside its program, so two batches in flight do
+    # not hold two caches.)
+    pending = None
+    for batch in _maybe_tqdm(batches, progress, "generate"):
+      started = dispatch(batch)
+      if pending is not None:
+        collect(*pending)
+      pending = started
+    if pending is not None:
+      collect(*pending)
     return (texts, finished) if return_finished else texts
 
   def next_token_probs(self, params: Params, prompts: Sequence[str | Sequence[int]],
@@ -355,15 +452,26 @@ class Sampler:
       raise ValueError(f"candidate_token_ids must be [K] or [N={len(prompts)}, K] with K >= 1, "
                        f"got shape {np.shape(candidate_token_ids)}")
     out = np.zeros(cand.shape, np.float32)
-    for batch in _maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"):
+
+    def dispatch(batch: _Batch):
       logp = next_token_logprobs(params, self._put(batch.tokens), self._put(batch.lengths),
                                  config=self.config, sharding=self.activation_sharding)
       rows_cand = np.zeros((self.batch_size, cand.shape[1]), np.int32)
       rows_cand[:len(batch.rows)] = cand[batch.rows]
-      lp = np.asarray(hosts.fetch(
-          jnp.take_along_axis(logp, self._put(rows_cand), axis=-1)), np.float32)
-      out[batch.rows] = lp[:len(batch.rows)]
-      self.stats["batches"] += 1
+      return batch, jnp.take_along_axis(logp, self._put(rows_cand), axis=-1)
+
+    def collect(batch: _Batch, lp: jax.Array) -> None:
+      out[batch.rows] = np.asarray(hosts.fetch(lp), np.float32)[:len(batch.rows)]
+      self._count_batch(batch)
+
+    pending = None  # one batch in flight ahead, as in generate_texts
+    for batch in _maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"):
+      started = dispatch(batch)
+      if pending is not None:
+        collect(*pending)
+      pending = started
+    if pending is not None:
+      collect(*pending)
     return out
 
   def score_next_token(self, params: Params, prompts: Sequence[str | Sequence[int]],
