@@ -124,12 +124,10 @@ def _enable_compilation_cache(run_dir: str) -> None:
   of an interrupted run skips its compiles. ``$JAX_COMPILATION_CACHE_DIR`` overrides."""
   import os
 
-  import jax
-  from humpback_jax import fs
+  from humpback_jax import compilation, fs
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.fspath(
       fs.path(run_dir) / ".jax_cache")
-  jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  compilation.enable_persistent_cache(cache, min_compile_time_secs=1.0)
 
 
 def _error_line(e: BaseException) -> tuple[str, int]:

@@ -136,3 +136,31 @@ def test_file_digest_content_and_directories(tmp_path):
   assert fingerprints.file_digest(tmp_path / "fifo").startswith("not a regular file")
   (tmp_path / "loop").symlink_to(tmp_path / "loop")
   assert fingerprints.file_digest(tmp_path / "loop").startswith("unreadable")
+
+
+def test_manifest_counts_each_stages_xla_compilations(tmp_path):
+  """A stage that jits two fresh functions (one of them at two shapes) records 3 compilations
+  and their seconds; a stage that compiles nothing records 0."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  def jitting(ctx):
+    f = jax.jit(lambda a: jnp.sin(a) * 2.0 + 0.5)
+    g = jax.jit(lambda a: jnp.cumsum(a) - 3.0)
+    for n in (5, 6):
+      jax.block_until_ready(f(np.ones(n, np.float32)))
+    jax.block_until_ready(g(np.ones(5, np.float32)))
+    ctx.path("j.txt").write_text("ok")
+    return {"count": 1}
+
+  config = _config(tmp_path)
+  ctx = RunContext(tmp_path / "run", config, progress=False)
+  manifest = Manifest(ctx.run_dir)
+  run_stage(ctx, manifest, Stage("j", (), ("j.txt",), jitting))
+  run_stage(ctx, manifest, Stage("a", (), ("a.txt",), _copy(None, "a.txt"), ("eval_file",)))
+  on_disk = Manifest(ctx.run_dir)
+  assert on_disk.stage("j")["compilations"] == 3
+  assert on_disk.stage("j")["compile_seconds"] > 0
+  assert on_disk.stage("j")["compile_cache_hits"] == 0
+  assert on_disk.stage("a")["compilations"] == 0

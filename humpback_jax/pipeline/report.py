@@ -55,10 +55,18 @@ def write_report(ctx, manifest) -> str:
   wall = manifest.data.get("wall_seconds_last_run")
   if wall is not None:
     lines.append(f"Wall time of the last full run: {wall:.1f} s")
-  lines += ["", "## Stages", "", "| stage | status | count | seconds |", "|---|---|---:|---:|"]
+  compiled = manifest.data.get("compile_last_run")
+  if compiled is not None:
+    lines.append(f"XLA compilations in the last run: {compiled.get('compilations')} "
+                 f"({compiled.get('compile_seconds')} s; {compiled.get('cache_hits')} loaded "
+                 "from the persistent cache)")
+  lines += ["", "## Stages", "",
+            "| stage | status | count | seconds | compilations | compile seconds |",
+            "|---|---|---:|---:|---:|---:|"]
   for name, entry in stages.items():
     lines.append(f"| {name} | {entry.get('status')} | {entry.get('count', '')} | "
-                 f"{entry.get('seconds', '')} |")
+                 f"{entry.get('seconds', '')} | {entry.get('compilations', '')} | "
+                 f"{entry.get('compile_seconds', '')} |")
   for name, entry in stages.items():
     if entry.get("status") == "failed":
       lines += ["", f"**Stage {name} failed** (attempt {entry.get('attempts')}): "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 
-from humpback_jax import fs, hosts
+from humpback_jax import compilation, fs, hosts
 from humpback_jax.errors import StaleStateError
 from humpback_jax.pipeline import fingerprints, report
 from humpback_jax.pipeline.config import PipelineConfig, to_dict
@@ -96,7 +96,8 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
   t0 = time.time()
   ctx.force = restart
   try:
-    extras = stage.run(ctx)
+    with compilation.counting() as compiled:
+      extras = stage.run(ctx)
   except BaseException as e:
     manifest.fail(stage.name, f"{type(e).__name__}: {e}")
     raise
@@ -104,6 +105,10 @@ def run_stage(ctx: RunContext, manifest: Manifest, stage: Stage, force: bool = F
     ctx.force = False
   outputs = {rel: fingerprints.file_digest(run_dir / rel) for rel in stage.outputs
              if (run_dir / rel).is_file()}
+  extras = dict(extras or {})
+  extras.setdefault("compilations", compiled["compilations"])
+  extras.setdefault("compile_seconds", compiled["compile_seconds"])
+  extras.setdefault("compile_cache_hits", compiled["cache_hits"])
   manifest.finish(stage.name, time.time() - t0, outputs=outputs, **extras)
   hosts.sync(f"stage {stage.name} done")  # the others read its outputs only once written
   log.info("stage %s: done in %.1f s (count=%s)", stage.name, time.time() - t0,
@@ -138,6 +143,7 @@ def run_pipeline(run_dir, config: PipelineConfig, *, only: str | None = None,
       raise ValueError(f"unknown stage {only!r}; stages are: {', '.join(names)}")
     stages = [s for s in stages if s.name == only]
   t0 = time.time()
+  run_compiles = compilation.compile_stats()
   try:
     for stage in stages:
       try:
@@ -150,6 +156,10 @@ def run_pipeline(run_dir, config: PipelineConfig, *, only: str | None = None,
         raise
     if only is None:
       manifest.set("wall_seconds_last_run", round(time.time() - t0, 1))
+    # XLA executables built (and seconds spent compiling) by this invocation, all stages;
+    # executables loaded from the persistent cache count as cache_hits, not compilations.
+    manifest.set("compile_last_run", compilation.diff(compilation.compile_stats(),
+                                                      run_compiles))
   finally:
     try:
       report.write_report(ctx, manifest)
