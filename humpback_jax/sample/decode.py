@@ -246,6 +246,58 @@ def _unrolled_step(config: LlamaConfig, sharding, params: Params, layer_params: 
   return logits[:, 0], {"layers": layers, "segment_ids": kv_segments, "index": index + 1}
 
 
+def decode_step_fn(params: Params, head_source: Params, cache: KVCache, *, config: LlamaConfig,
+                   sharding=None, layer_loop: str = "unrolled"):
+  """The single-token decode step of ``Llama(config)`` for a ``lax.while_loop`` (traced code).
+
+  Args:
+    params: ``cast_params(head_source, config)``.
+    head_source: the parameters as given (the tied head reads the original embedding).
+    cache: the model's stacked ``KVCache`` (k/v [L, B, S, KV, Dh]).
+    layer_loop: "scan" (the model's layer scan) or "unrolled" (per-layer weights and K/V
+      buffers sliced out once, here; see the module docstring).
+  Returns:
+    ``(step, loop_cache)``: ``step(loop_cache, tokens int32 [B], positions int32 [B]) ->
+    (logits f32 [B, V], loop_cache)`` writes slot ``loop_cache["index"]`` of every row and
+    advances it; ``loop_cache`` is ``cache`` in the layout ``step`` takes (``stack_cache``
+    turns it back into a ``KVCache``).
+  """
+  b = cache["segment_ids"].shape[0]
+  decode_segments = jnp.ones((b, 1), jnp.int32)
+  if layer_loop == "scan":
+    model = Llama(config, sharding=sharding)
+
+    def step(cache, tokens, positions):
+      logits, cache = model.apply(params, tokens[:, None], positions[:, None], decode_segments,
+                                  cache=cache)
+      return logits[:, 0], cache
+    return step, cache
+  # Per-layer weights and K/V buffers: sliced out of the stacked arrays once, here.
+  layer_params = [jax.tree.map(lambda a, l=l: a[l], params["params"]["layers"])
+                  for l in range(config.num_layers)]
+  table = head_source["params"]["embed_tokens"]["embedding"]
+  embedding = table.astype(config.compute_dtype)  # no-ops unless mixed dtypes
+  head_weight = table.astype(_head_dtype(config)) if config.tie_word_embeddings else None
+  cache = {"layers": [(_constrain(sharding, cache["k"][l], _CACHE_NAMES),
+                       _constrain(sharding, cache["v"][l], _CACHE_NAMES))
+                      for l in range(config.num_layers)],
+           "segment_ids": cache["segment_ids"], "index": cache["index"]}
+
+  def step(cache, tokens, positions):
+    return _unrolled_step(config, sharding, params, layer_params, embedding, head_weight,
+                          cache, tokens, positions)
+  return step, cache
+
+
+def stack_cache(loop_cache: dict) -> KVCache:
+  """The ``KVCache`` (k/v [L, B, S, KV, Dh]) of a ``decode_step_fn`` loop cache."""
+  if "layers" not in loop_cache:
+    return loop_cache
+  return {"k": jnp.stack([k for k, _ in loop_cache["layers"]]),
+          "v": jnp.stack([v for _, v in loop_cache["layers"]]),
+          "segment_ids": loop_cache["segment_ids"], "index": loop_cache["index"]}
+
+
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "strategy",
                                              "sharding", "cache_dtype", "layer_loop",
                                              "prefill_attention"))
@@ -257,7 +309,6 @@ def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Arra
   layer_loop = layer_loop or default_layer_loop(sharding)
   if layer_loop not in LAYER_LOOPS:
     raise ValueError(f"layer_loop={layer_loop!r}: expected one of {list(LAYER_LOOPS)}")
-  model = Llama(config, sharding=sharding)
   b, p = prompt_tokens.shape
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   prompt_lengths = jnp.clip(prompt_lengths.astype(jnp.int32), 0, p)
@@ -302,27 +353,8 @@ def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Arra
   # segment id 0 in the cache and are never attended. Rotary attention depends only on
   # position differences, so the padded row equals the unpadded one. (Right padding would
   # need a per-row write index, i.e. a scatter instead of one dynamic_update_slice.)
-  decode_segments = jnp.ones((b, 1), jnp.int32)
-  if layer_loop == "scan":
-    def step(cache, tokens, positions):
-      logits, cache = model.apply(params, tokens[:, None], positions[:, None], decode_segments,
-                                  cache=cache)
-      return logits[:, 0], cache
-  else:
-    # Per-layer weights and K/V buffers: sliced out of the stacked arrays once, here.
-    layer_params = [jax.tree.map(lambda a, l=l: a[l], params["params"]["layers"])
-                    for l in range(config.num_layers)]
-    table = head_source["params"]["embed_tokens"]["embedding"]
-    embedding = table.astype(config.compute_dtype)  # no-ops unless mixed dtypes
-    head_weight = table.astype(_head_dtype(config)) if config.tie_word_embeddings else None
-    cache = {"layers": [(_constrain(sharding, cache["k"][l], _CACHE_NAMES),
-                         _constrain(sharding, cache["v"][l], _CACHE_NAMES))
-                        for l in range(config.num_layers)],
-             "segment_ids": cache["segment_ids"], "index": cache["index"]}
-
-    def step(cache, tokens, positions):
-      return _unrolled_step(config, sharding, params, layer_params, embedding, head_weight,
-                            cache, tokens, positions)
+  step, cache = decode_step_fn(params, head_source, cache, config=config, sharding=sharding,
+                               layer_loop=layer_loop)
 
   empty = prompt_lengths == 0  # e.g. batch-filler rows: never start, never block early exit
   state = SamplingState(
@@ -352,7 +384,8 @@ def _generate(params: Params, prompt_tokens: jax.Array, prompt_lengths: jax.Arra
         done=state.done | _is_eos(next_token, eos_ids),
         last_token=next_token,
         positions=state.positions + 1,
-        tokens=jax.lax.dynamic_update_slice(state.tokens, next_token[:, None], (0, state.step)),
+        tokens=jax.lax.dynamic_update_slice(state.tokens, next_token[:, None],
+                                            (jnp.zeros((), jnp.int32), state.step)),
         lengths=state.lengths + (~state.done).astype(jnp.int32),
         cache=cache,
         rng=state.rng,
