@@ -96,3 +96,41 @@ def test_bad_sizes_raise():
     continuous.generate_continuous({}, [[1]], np.zeros((1, 2), np.uint32), config=CFG,
                                    batch_size=2, max_new_tokens=4, eos_ids=(EOS,),
                                    strategy=Greedy(), pad_id=0, widths=WIDTHS, refill_rows=3)
+
+
+def test_sampler_continuous_texts_equal_bucketed(params):
+  """``Sampler(batching="continuous").generate_texts`` returns the bucketed Sampler's texts and
+  finished flags (same record keys), counting fewer or equal decode steps."""
+  from humpback_jax.sample.sampler import Sampler
+  from test_sampler import ByteTokenizer
+  tok = ByteTokenizer()
+  cfg = CFG.replace(vocab_size=300)
+  prompts = ["Hello there", "x", "A somewhat longer prompt than the others!!", "What is 2+2?",
+             "Score:", "abc def ghi jkl", "zz", "The quick brown fox jumps over"]
+  out = {}
+  with jax.enable_x64(True):
+    for batching in ("bucketed", "continuous"):
+      s = Sampler(cfg, tok, max_prompt_len=48, batch_size=4, bucket=16, batching=batching,
+                  refill_rows=2)
+      out[batching] = (s.generate_texts(params, prompts, max_new_tokens=12,
+                                        strategy=Sampling(temperature=1.0, top_p=0.9), seed=4,
+                                        keys=[f"r{i}" for i in range(len(prompts))],
+                                        return_finished=True), dict(s.stats))
+  (texts_b, fin_b), stats_b = out["bucketed"]
+  (texts_c, fin_c), stats_c = out["continuous"]
+  assert texts_c == texts_b and fin_c == fin_b
+  assert stats_c["generated_tokens"] == stats_b["generated_tokens"]
+  assert stats_c["unfinished"] == stats_b["unfinished"]
+  assert 0 < stats_c["decode_steps"] <= stats_b["decode_steps"] + 1
+
+
+def test_sampler_continuous_needs_one_device():
+  from humpback_jax import sharding as shd
+  from humpback_jax.sample.sampler import Sampler
+  from test_sampler import ByteTokenizer
+  mesh = shd.make_mesh(shd.MeshConfig(data=-1))
+  if mesh.size == 1:
+    pytest.skip("needs several devices")
+  with pytest.raises(ValueError, match="one device"):
+    Sampler(CFG, ByteTokenizer(), max_prompt_len=16, batch_size=8, mesh=mesh,
+            batching="continuous")

@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 BUCKET_RULES = ("pow2", "pow2_mid", "linear")
+BATCHINGS = ("bucketed", "continuous")
 
 Params = Any
 
@@ -190,7 +191,8 @@ class Sampler:
       (including EOS), "unfinished" (rows cut by the budget before an EOS), "prompt_tokens"
       (real prompt tokens of the batches run) and "prompt_slots" (batch_size x padded width,
       summed: prompt_tokens / prompt_slots is the padding efficiency), "prompt_widths_used"
-      (distinct padded widths so far).
+      (distinct padded widths so far), "decode_steps" (lockstep decode steps run: each moves
+      every row of a batch by one token).
     prompt_widths: the ladder of padded widths (``prompt_widths``).
   """
 
@@ -198,7 +200,8 @@ class Sampler:
                batch_size: int, bucket: int = 64, mesh: jax.sharding.Mesh | None = None,
                rules: tuple | None = None, prompt_overflow: str = "truncate",
                owner: str = "Sampler", bucket_rule: str = "pow2", cache_dtype=None,
-               layer_loop: str | None = None):
+               layer_loop: str | None = None, batching: str = "bucketed",
+               refill_rows: int | None = None):
     """Constructor.
 
     Args:
@@ -222,6 +225,11 @@ class Sampler:
         ``jnp.bfloat16`` halves the cache of a float32 model).
       layer_loop: ``generate``'s decode layer loop, "unrolled" or "scan" (None: its default,
         ``decode.default_layer_loop``).
+      batching: how ``generate_texts`` batches: "bucketed" (sorted batches, each run until its
+        longest row ends) or "continuous" (``sample/continuous.py``: finished rows are refilled
+        from the queue; same tokens; one device only, so not with a ``mesh``).
+      refill_rows: prompts prefilled per refill with continuous batching (None:
+        ``batch_size // 4``).
     Raises:
       ValueError: on non-positive sizes, an unknown ``prompt_overflow`` or ``bucket_rule``, or
         batch_size not divisible by the number of batch shards.
@@ -231,6 +239,11 @@ class Sampler:
     if max_prompt_len < 1 or batch_size < 1 or bucket < 1:
       raise ValueError(f"need positive sizes: max_prompt_len={max_prompt_len}, "
                        f"batch_size={batch_size}, bucket={bucket}")
+    if batching not in BATCHINGS:
+      raise ValueError(f"{owner}: batching={batching!r}: expected one of {list(BATCHINGS)}")
+    if batching == "continuous" and mesh is not None and mesh.size > 1:
+      raise ValueError(f"{owner}: batching='continuous' runs on one device; this mesh has "
+                       f"{mesh.size} (use 'bucketed')")
     if bucket_rule not in BUCKET_RULES:
       raise ValueError(f"{owner}: bucket_rule={bucket_rule!r}: expected one of "
                        f"{list(BUCKET_RULES)}")
@@ -249,6 +262,8 @@ class Sampler:
     self.prompt_widths = prompt_widths(max_prompt_len, bucket, bucket_rule)
     self.cache_dtype = cache_dtype
     self.layer_loop = layer_loop
+    self.batching = batching
+    self.refill_rows = refill_rows
     self._widths_used: set[int] = set()
     self.mesh = mesh
     self.activation_sharding = None
@@ -266,7 +281,8 @@ class Sampler:
       self.activation_sharding = shd.ActivationSharding(mesh, rules)
     self.stats: dict[str, int] = {"prompts": 0, "truncated_prompts": 0, "batches": 0,
                                   "generated_tokens": 0, "unfinished": 0, "prompt_tokens": 0,
-                                  "prompt_slots": 0, "prompt_widths_used": 0}
+                                  "prompt_slots": 0, "prompt_widths_used": 0,
+                                  "decode_steps": 0}
 
   def encode_prompts(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
     """Tokenizes (strings; token id lists pass through) and, as a last resort, cuts the
@@ -371,12 +387,27 @@ class Sampler:
     check_context_length(self.config, self.max_prompt_len, max_new_tokens, self.owner)
     texts: list[str] = [""] * len(prompts)
     finished: list[bool] = [False] * len(prompts)
-    batches = self._batches(self.encode_prompts(prompts))
     if keys is None:
       keys = range(len(prompts))
     if len(keys) != len(prompts):
       raise ValueError(f"got {len(keys)} keys for {len(prompts)} prompts")
+    ids = self.encode_prompts(prompts)
     row_keys = np.asarray(record_keys(seed, list(keys)))
+    if self.batching == "continuous":
+      from humpback_jax.sample.continuous import generate_continuous
+      tokens, finished, run = generate_continuous(
+          params, ids, row_keys, config=self.config, batch_size=self.batch_size,
+          max_new_tokens=max_new_tokens, eos_ids=(self.tokenizer.eos_id,), strategy=strategy,
+          pad_id=self.tokenizer.pad_id, widths=self.prompt_widths,
+          refill_rows=self.refill_rows, cache_dtype=self.cache_dtype,
+          layer_loop=self.layer_loop)
+      texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+      self.stats["batches"] += run["inserts"]
+      self.stats["generated_tokens"] += run["generated_tokens"]
+      self.stats["unfinished"] += sum(1 for i, f in enumerate(finished) if ids[i] and not f)
+      self.stats["decode_steps"] += run["decode_steps"]
+      return (texts, finished) if return_finished else texts
+    batches = self._batches(ids)
 
     def dispatch(batch: _Batch):
       """Starts the batch on the device; returns without waiting (async dispatch)."""
@@ -392,7 +423,9 @@ class Sampler:
 
     def collect(batch: _Batch, out: SampleOutput) -> None:
       """Waits for the batch, decodes its texts into place."""
-      tokens, lengths, done = hosts.fetch((out.tokens, out.lengths, out.finished))
+      tokens, lengths, done, steps = hosts.fetch((out.tokens, out.lengths, out.finished,
+                                                  out.steps))
+      self.stats["decode_steps"] += int(steps)
       for r, i in enumerate(batch.rows):
         n = int(lengths[r]) - int(done[r])
         texts[i] = self.tokenizer.decode(tokens[r, :n].tolist(), skip_special_tokens=True)
