@@ -155,8 +155,8 @@ def train_forward(t: int) -> Callable[[RunContext], dict]:
 
 
 def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
-  """A ``Sampler`` on the run's mesh with ``cfg``'s prompt budget, batch size and overflow
-  policy, and ``params`` placed on the mesh once (sharded by the logical rules). Refuses
+  """A ``Sampler`` on the run's mesh with ``cfg``'s prompt budget, batch size, overflow
+  policy and batching (``GenerationConfig.batching``; bucketed for configs without one), and ``params`` placed on the mesh once (sharded by the logical rules). Refuses
   budgets beyond the model's context length (naming ``owner``'s fields).
 
   Returns:
@@ -164,9 +164,13 @@ def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
   """
   from humpback_jax.sample.sampler import Sampler, check_context_length
   check_context_length(model_cfg, cfg.max_prompt_len, cfg.max_new_tokens, owner)
+  mesh = ctx.runtime.mesh
+  batching = getattr(cfg, "batching", "bucketed")
+  if batching == "auto":
+    batching = "continuous" if mesh is None or mesh.size == 1 else "bucketed"
   sampler = Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
                     batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner,
-                    mesh=ctx.runtime.mesh, rules=ctx.runtime.rules)
+                    mesh=mesh, rules=ctx.runtime.rules, batching=batching)
   return sampler, sampler.place_params(params)
 
 
