@@ -134,3 +134,12 @@ def test_sampler_continuous_needs_one_device():
   with pytest.raises(ValueError, match="one device"):
     Sampler(CFG, ByteTokenizer(), max_prompt_len=16, batch_size=8, mesh=mesh,
             batching="continuous")
+
+
+def test_generation_config_batching_and_cache_dtype_are_checked():
+  from humpback_jax.pipeline.config import GenerationConfig
+  assert GenerationConfig().batching == "auto"
+  with pytest.raises(ValueError, match="GenerationConfig.batching"):
+    GenerationConfig(batching="paged")
+  with pytest.raises(ValueError, match="GenerationConfig.cache_dtype"):
+    GenerationConfig(cache_dtype="int8")

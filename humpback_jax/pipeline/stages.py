@@ -170,7 +170,8 @@ def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
     batching = "continuous" if mesh is None or mesh.size == 1 else "bucketed"
   sampler = Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
                     batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner,
-                    mesh=mesh, rules=ctx.runtime.rules, batching=batching)
+                    mesh=mesh, rules=ctx.runtime.rules, batching=batching,
+                    cache_dtype=getattr(cfg, "cache_dtype", None))
   return sampler, sampler.place_params(params)
 
 
