@@ -569,11 +569,11 @@ def _nucleus_logits(kind: str, b: int, v: int, seed: int) -> np.ndarray:
   rs = np.random.RandomState(seed)
   if kind == "peaked":  # nucleus of a few tokens: the 64 candidates hold it
     return (rs.standard_t(2, size=(b, v)) * 3).astype(np.float32)
-  if kind == "medium":  # nucleus of ~100-1000 tokens: the 1024 candidates hold it
+  if kind == "medium":  # nucleus of ~100-1000 tokens: wider than the 64 candidates
     x = rs.normal(size=(b, v)).astype(np.float32)
     x[:, :600] += 6
     return x
-  return (rs.normal(size=(b, v)) * 0.2).astype(np.float32)  # "flat": bisection
+  return (rs.normal(size=(b, v)) * 0.2).astype(np.float32)  # "flat": most of the vocabulary
 
 
 @pytest.mark.parametrize("kind,temperature,top_p,top_k", [
@@ -674,3 +674,18 @@ def test_pipelined_generate_texts_equals_one_batch_at_a_time(params):
   one = [s.generate_texts(params, [p], keys=[f"k{i}"], **kw)[0] for i, p in enumerate(prompts)]
   assert together == one
   assert s.stats["batches"] == 9 + len(prompts)
+
+
+@pytest.mark.parametrize("k,top_p", [(1, 0.3), (4, 0.9), (2, 0.5)])
+def test_wide_nucleus_draw_equals_the_bisection_draw(k, top_p):
+  """The wide-nucleus draw (best in-nucleus token among the k largest noise-perturbed logits,
+  exact bisection for the rows where none is) equals the full-vocabulary draw over the
+  bisection's nucleus, row for row; with k=1, top_p 0.3 most rows take the fallback."""
+  from humpback_jax.sample import sampling as smp
+  logits = jnp.asarray(_nucleus_logits("flat", 32, 3000, 9) / 0.7)
+  lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+  keys = jax.random.split(jax.random.PRNGKey(2), 32)
+  got = jax.jit(lambda w, l, kk: smp._wide_nucleus_draw(w, l, kk, top_p, k))(logits, lse, keys)
+  want = jax.jit(lambda w, l, kk: smp._categorical_rows(kk, smp._top_p_bisect(w, l, top_p)))(
+      logits, lse, keys)
+  np.testing.assert_array_equal(got, want)

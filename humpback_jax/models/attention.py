@@ -145,11 +145,30 @@ def _over_chunks(fn, carry, chunk, k, v, kv_seg, kv_slots):
 
 
 def _chunked_fwd_stats(q, k, v, q_seg, kv_seg, q_slots, kv_slots, chunk):
-  """Forward pass: (out acc [B, KV, G, T, Dh], running max m and sum l, acc [B, KV, G, T])."""
+  """Forward pass: (out acc [B, KV, G, T, Dh], running max m and sum l, acc [B, KV, G, T]).
+
+  Queries longer than one chunk are processed in blocks of ``chunk`` queries, each over the
+  key chunks; a key chunk that lies wholly after a block's last query slot (every score
+  causally masked) is skipped (``lax.cond``), its exact contribution added instead (nothing
+  for a row that has an unmasked key; for a still fully masked row, what a masked chunk adds:
+  weight exp(0) = 1 per key). So a causal prefill of T tokens computes about half of the
+  T x S scores, with the same results up to rounding.
+  """
+  t = q.shape[1]
+  if t <= chunk:
+    return _fwd_block(q, k, v, q_seg, kv_seg, q_slots, kv_slots, chunk)
+  parts = [_fwd_block(q[:, i:i + chunk], k, v, q_seg[:, i:i + chunk], kv_seg,
+                      q_slots[i:i + chunk], kv_slots, chunk) for i in range(0, t, chunk)]
+  return tuple(jnp.concatenate([p[j] for p in parts], axis=3) for j in range(3))
+
+
+def _fwd_block(q, k, v, q_seg, kv_seg, q_slots, kv_slots, chunk):
+  """``_chunked_fwd_stats`` of one block of queries (q [B, T, KV, G, Dh])."""
   b, t, kvh, g, dh = q.shape
   acc = _acc(q.dtype)
+  last_q = jnp.max(q_slots)
 
-  def step(carry, k_c, v_c, kv_seg_c, kv_slots_c):
+  def compute(carry, k_c, v_c, kv_seg_c, kv_slots_c):
     m, l, o = carry
     s, _ = _chunk_scores(q, k_c, q_seg, kv_seg_c, q_slots, kv_slots_c)
     m_new = jnp.maximum(m, s.max(axis=-1))
@@ -158,7 +177,20 @@ def _chunked_fwd_stats(q, k, v, q_seg, kv_seg, q_slots, kv_slots, chunk):
     l = alpha * l + p.sum(axis=-1)
     o = alpha[..., None] * o + jnp.einsum("bkgts,bskd->bkgtd", p.astype(q.dtype), v_c,
                                           preferred_element_type=acc)
-    return (m_new, l, o), None
+    return m_new, l, o
+
+  def skip(carry, k_c, v_c, kv_seg_c, kv_slots_c):
+    del k_c, kv_seg_c, kv_slots_c
+    m, l, o = carry
+    empty = m == NEG_INF  # no unmasked key yet: a masked chunk weighs exp(0) = 1 per key
+    vsum = jnp.sum(v_c.astype(acc), axis=1)  # [B, KV, Dh]
+    l = jnp.where(empty, l + v_c.shape[1], l)
+    o = jnp.where(empty[..., None], o + vsum[:, :, None, None, :], o)
+    return m, l, o
+
+  def step(carry, k_c, v_c, kv_seg_c, kv_slots_c):
+    needed = jnp.min(kv_slots_c) <= last_q
+    return jax.lax.cond(needed, compute, skip, carry, k_c, v_c, kv_seg_c, kv_slots_c), None
 
   init = (jnp.full((b, kvh, g, t), NEG_INF, acc), jnp.zeros((b, kvh, g, t), acc),
           jnp.zeros((b, kvh, g, t, dh), acc))

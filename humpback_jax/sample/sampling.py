@@ -13,8 +13,8 @@ The decode loop calls ``sample_rows(logits [B, V], keys [B, 2])`` where a strate
 strategies here do); it equals ``vmap(lambda l, k: strategy(l[None], k)[0])`` (row b drawn with
 its own key) token for token, but avoids the two costs that dominate a sampled decode step on
 a CPU at a 49k vocabulary: ``Sampling.sample_rows`` finds the nucleus without sorting the
-vocabulary (a top-k of 64 candidates, or a 32-step bisection when the nucleus is larger) and
-draws the Gumbel noise of the candidates only; ``Greedy.sample_rows`` is a max and a min
+vocabulary (a top-k of 64 candidates; for a wider nucleus, the best in-nucleus token among
+the 4 largest noise-perturbed logits) and draws the Gumbel noise of the candidates only; ``Greedy.sample_rows`` is a max and a min
 instead of XLA's variadic arg-max reduction.
 """
 
@@ -124,16 +124,17 @@ class Sampling:
     * Nucleus. Token i is kept iff the probability mass of the tokens whose (warped) logit is
       strictly greater than its own is < top_p: HF's ascending-cumsum rule written from the
       top (as ``_top_p_filter``, every token tied at the cutoff is kept). The kept set is read
-      off the 64 largest logits (``lax.top_k``) when their mass reaches top_p, else off the
-      1024 largest, else a bisection over the vocabulary finds the cutoff (32 masked sums, no
-      sort); each wider search runs only when some row of the batch needs it, and a row's
-      result never depends on which searches its batch ran. Borderline tokens (mass within
-      float rounding of top_p) may fall on the other side than with ``warp``'s sort and
-      cumulative sum.
+      off the 64 largest logits (``lax.top_k``) when their mass reaches top_p.
     * Draw. ``jax.random.categorical`` adds Gumbel noise to all V logits and takes the arg-max;
       only kept tokens can win, so when the nucleus lies within the candidates only their
       noise is generated (the same threefry counters as the full draw) and the arg-max taken
       among them (ties to the lowest id, as ``argmax``).
+    * Wider nuclei (``_wide_nucleus_draw``): the noise of the whole vocabulary, and the best
+      of the 4 largest perturbed logits that lies in the nucleus (4 masked sums); a bisection
+      for the cutoff (32 masked sums) only when none of them does.
+    Each wider search runs only when some row of the batch needs it, and a row's result never
+    depends on which searches its batch ran. Borderline tokens (mass within float rounding of
+    top_p) may fall on the other side than with ``warp``'s sort and cumulative sum.
 
     Args:
       logits: float [B, V] next-token logits.
@@ -153,8 +154,10 @@ class Sampling:
     return _nucleus_draw(w, lse, keys, self.top_p, levels)
 
 
-# Candidate counts tried in turn by ``Sampling.sample_rows`` before a bisection.
-_CANDIDATE_LEVELS = (64, 1024)
+# Candidate counts tried in turn by ``Sampling.sample_rows`` before the wide-nucleus draw.
+_CANDIDATE_LEVELS = (64,)
+# Perturbed logits examined per row by the wide-nucleus draw (``_wide_nucleus_draw``).
+_NOISE_CANDIDATES = 4
 
 
 def _nucleus_of_candidates(vals: jax.Array, lse: jax.Array, top_p: float):
@@ -189,10 +192,44 @@ def _nucleus_draw(w, lse, keys, top_p: float, levels: tuple[int, ...]) -> jax.Ar
   def wider(_):
     if len(levels) > 1:
       return _nucleus_draw(w, lse, keys, top_p, levels[1:])
-    return _categorical_rows(keys, _top_p_bisect(w, lse, top_p))
+    return _wide_nucleus_draw(w, lse, keys, top_p)
 
   # The wider search runs only when some row needs it; each row keeps its own level's draw.
   return jnp.where(inside, here, jax.lax.cond(jnp.all(inside), lambda _: here, wider, None))
+
+
+def _wide_nucleus_draw(w, lse, keys, top_p: float, k: int = _NOISE_CANDIDATES) -> jax.Array:
+  """Draws of ``Sampling.sample_rows`` for rows whose nucleus is wider than the candidates.
+
+  The reference draw is the Gumbel-max ``argmax_i (w_i + g_i)`` over the nucleus (``g`` the
+  row's ``jax.random.gumbel(key, (1, V))``). Here the noise of the whole vocabulary is drawn
+  once and the k largest perturbed logits z = w + g are taken; the answer is the best of them
+  that lies in the nucleus (a token is in it iff the mass of the tokens with a strictly larger
+  logit is < top_p: one masked sum over the vocabulary per candidate), since every nucleus
+  token with a larger z would be among them. z's arg-max is a draw from the full softmax, so it
+  is in the nucleus with probability >= top_p; a row none of whose k candidates is (< 1e-4 at
+  top_p 0.9, k 4) is drawn by the exact bisection (``_top_p_bisect``), run only when some row
+  of the batch needs it. No sort, no bisection, no top-1024 in the common case.
+  """
+  v = w.shape[-1]
+  g = jax.vmap(lambda key: jax.random.gumbel(key, (1, v), jnp.float32)[0])(keys)
+  z = w + g
+  zv, zi = jax.lax.top_k(z, k)  # [B, k] descending
+  wi = jnp.take_along_axis(w, zi, axis=-1)
+  probs = jnp.exp(w - lse)
+  mass_above = jnp.sum(jnp.where(w[:, None, :] > wi[:, :, None], probs[:, None, :], 0.0),
+                       axis=-1)
+  kept = mass_above < top_p
+  score = jnp.where(kept, zv, -jnp.inf)
+  best = jnp.max(score, axis=-1, keepdims=True)
+  token = jnp.min(jnp.where(kept & (score == best), zi, jnp.iinfo(jnp.int32).max),
+                  axis=-1).astype(jnp.int32)
+  found = jnp.any(kept, axis=-1)
+
+  def exact(_):
+    return _categorical_rows(keys, _top_p_bisect(w, lse, top_p))
+
+  return jnp.where(found, token, jax.lax.cond(jnp.all(found), lambda _: token, exact, None))
 
 
 def _argmax_first(x: jax.Array) -> jax.Array:
