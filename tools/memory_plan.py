@@ -279,7 +279,7 @@ def plan_sample(model_config, gen_config, mesh, rules=None) -> dict:
         params, tokens, lengths, keys, eos, pad, config=cfg, max_new_tokens=n,
         strategy=(Sampling(temperature=gen_config.temperature, top_p=gen_config.top_p)
                   if gen_config.temperature > 0 else Greedy()),
-        sharding=act))
+        sharding=act, layer_loop="scan"))  # the accelerators' decode loop (default_layer_loop)
   kv_spec = act.spec(("layers", "cache_batch", "cache_sequence", "cache_heads", None),
                      (cfg.num_layers, b, p + n, cfg.num_kv_heads, cfg.head_dim))
   kv_shape = jax.sharding.NamedSharding(mesh, kv_spec).shard_shape(
