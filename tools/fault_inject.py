@@ -39,7 +39,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # Fields of JSON artifacts that measure wall-clock time, not results.
 _VOLATILE = {"wall_seconds", "seconds", "train_seconds", "eval_seconds", "tokens_per_second",
-             "started", "finished", "attempts"}
+             "started", "finished", "attempts", "compilations", "compile_seconds",
+             "compile_cache_hits", "compile_last_run"}  # a resumed run compiles again
 
 
 def _command(gin_files, gin_params, run_dir) -> list[str]:
