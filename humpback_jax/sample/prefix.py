@@ -381,12 +381,8 @@ class PrefixScorer:
       PromptTooLongError: a prompt is over budget and the overflow policy is "error".
     """
     s = self.sampler
-    cand = np.asarray(candidate_token_ids, np.int32)
-    if cand.ndim == 1:
-      cand = np.broadcast_to(cand, (len(prompts), cand.size))
-    if cand.ndim != 2 or cand.shape[0] != len(prompts) or cand.shape[1] == 0:
-      raise ValueError(f"candidate_token_ids must be [K] or [N={len(prompts)}, K] with K >= 1, "
-                       f"got shape {np.shape(candidate_token_ids)}")
+    from humpback_jax.sample.sampler import candidate_array, one_ahead  # no import cycle
+    cand = candidate_array(candidate_token_ids, len(prompts))
     prefix = [int(t) for t in prefix_ids]
     if not prefix:
       raise ValueError("empty prefix")
@@ -436,14 +432,7 @@ class PrefixScorer:
     if progress:
       from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
       batches = tqdm(batches, desc="score (prefix)", unit="batch")
-    pending = None  # one batch in flight ahead: batch i+1 is built and dispatched first
-    for batch in batches:
-      started = dispatch(batch)
-      if pending is not None:
-        collect(*pending)
-      pending = started
-    if pending is not None:
-      collect(*pending)
+    one_ahead(batches, dispatch, collect)  # batch i+1 is built and dispatched first
     self.stats["prefix_rows"] += int(rows.size)
     self.stats["prefix_tokens_reused"] += int(rows.size) * f
     return (out, use) if return_reused else out

@@ -129,6 +129,35 @@ def prompt_widths(max_prompt_len: int, bucket: int = 64, rule: str = "pow2") -> 
   return sorted(widths)
 
 
+def one_ahead(batches, dispatch, collect) -> None:
+  """Runs ``collect(*dispatch(batch))`` for every batch with one batch in flight ahead:
+  batch i+1 is dispatched to the device (JAX's asynchronous dispatch) before batch i is
+  fetched and post-processed on the host, so host work overlaps device work."""
+  pending = None
+  for batch in batches:
+    started = dispatch(batch)
+    if pending is not None:
+      collect(*pending)
+    pending = started
+  if pending is not None:
+    collect(*pending)
+
+
+def candidate_array(candidate_token_ids, n: int) -> np.ndarray:
+  """int32 [n, K]: candidate ids given as [K] (the same for every prompt) or [n, K].
+
+  Raises:
+    ValueError: another shape, or K = 0.
+  """
+  cand = np.asarray(candidate_token_ids, np.int32)
+  if cand.ndim == 1:
+    cand = np.broadcast_to(cand, (n, cand.size))
+  if cand.ndim != 2 or cand.shape[0] != n or cand.shape[1] == 0:
+    raise ValueError(f"candidate_token_ids must be [K] or [N={n}, K] with K >= 1, "
+                     f"got shape {np.shape(candidate_token_ids)}")
+  return cand
+
+
 class ContextLengthError(ValueError):
   """A prompt budget plus a generation budget exceeds the model's context length."""
 
@@ -435,17 +464,9 @@ class Sampler:
       self.stats["generated_tokens"] += int(lengths[real].sum())
       self.stats["unfinished"] += int((~done[real]).sum())
 
-    # One batch in flight ahead: batch i+1 runs on the device while batch i is fetched and
-    # detokenized here. (Its KV cache lives inside its program, so two batches in flight do
-    # not hold two caches.)
-    pending = None
-    for batch in _maybe_tqdm(batches, progress, "generate"):
-      started = dispatch(batch)
-      if pending is not None:
-        collect(*pending)
-      pending = started
-    if pending is not None:
-      collect(*pending)
+    # (Each batch's KV cache lives inside its program, so two batches in flight do not hold
+    # two caches.)
+    one_ahead(_maybe_tqdm(batches, progress, "generate"), dispatch, collect)
     return (texts, finished) if return_finished else texts
 
   def next_token_probs(self, params: Params, prompts: Sequence[str | Sequence[int]],
@@ -478,12 +499,7 @@ class Sampler:
     Raises:
       ValueError: no candidates, or a candidate array of the wrong shape.
     """
-    cand = np.asarray(candidate_token_ids, np.int32)
-    if cand.ndim == 1:
-      cand = np.broadcast_to(cand, (len(prompts), cand.size))
-    if cand.ndim != 2 or cand.shape[0] != len(prompts) or cand.shape[1] == 0:
-      raise ValueError(f"candidate_token_ids must be [K] or [N={len(prompts)}, K] with K >= 1, "
-                       f"got shape {np.shape(candidate_token_ids)}")
+    cand = candidate_array(candidate_token_ids, len(prompts))
     out = np.zeros(cand.shape, np.float32)
 
     def dispatch(batch: _Batch):
@@ -497,14 +513,8 @@ class Sampler:
       out[batch.rows] = np.asarray(hosts.fetch(lp), np.float32)[:len(batch.rows)]
       self._count_batch(batch)
 
-    pending = None  # one batch in flight ahead, as in generate_texts
-    for batch in _maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"):
-      started = dispatch(batch)
-      if pending is not None:
-        collect(*pending)
-      pending = started
-    if pending is not None:
-      collect(*pending)
+    one_ahead(_maybe_tqdm(self._batches(self.encode_prompts(prompts)), progress, "score"),
+              dispatch, collect)
     return out
 
   def score_next_token(self, params: Params, prompts: Sequence[str | Sequence[int]],
