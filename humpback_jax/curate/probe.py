@@ -48,6 +48,50 @@ class _Tokenizer(Protocol):
     ...
 
 
+def choice_probe(tokenizer: _Tokenizer, context: str, answer: str, choices: Sequence[str],
+                 hint: str = "") -> tuple[list[int], list[int]]:
+  """Token ids of the probe after ``context`` and of the K choice tokens that complete it.
+
+  The parse-free read-out of a K-way choice (the five scores of self-curation, the two
+  outputs of the pairwise judge): ``context + answer + c`` is encoded for each choice ``c``;
+  the K encodings must share one prefix and differ only in one last token, which decodes to
+  ``c`` (surrounding whitespace ignored). The distribution is read at the end of the prefix.
+
+  Args:
+    tokenizer: the reading model's tokenizer (encode adds BOS where the model expects one).
+    context: the rendered prompt (text, so that the tokenizer sees the full answer as it
+      would be written).
+    answer: the words written before the choice (may be empty).
+    choices: K >= 2 distinct strings.
+    hint: appended to error messages (what the user can do instead).
+  Returns:
+    (prefix ids: the tokens of ``context + answer`` up to, excluding, the choice token,
+     choice ids: K ints, the token that completes the text with each choice).
+  Raises:
+    ProbeError: the encodings do not share one prefix and differ only in one last token, or
+      that token does not decode to its choice.
+    ValueError: fewer than 2 choices, or duplicates.
+  """
+  if len(choices) < 2 or len(set(choices)) != len(choices):
+    raise ValueError(f"choice_probe needs >= 2 distinct choices, got {list(choices)!r}")
+  hint = f"; {hint}" if hint else ""
+  encodings = [list(tokenizer.encode(f"{context}{answer}{c}")) for c in choices]
+  prefix = encodings[0][:-1]
+  for c, ids in zip(choices, encodings):
+    if len(ids) != len(prefix) + 1 or ids[:-1] != prefix:
+      tail = tokenizer.decode(ids[max(len(prefix) - 2, 0):], skip_special_tokens=False)
+      raise ProbeError(
+          f"cannot build the probe with this tokenizer: {answer + str(c)!r} after the "
+          f"prompt does not encode as the shared prefix plus one {c!r} token (tail {tail!r}, "
+          f"{len(ids)} tokens vs {len(prefix) + 1}){hint}")
+    piece = tokenizer.decode([ids[-1]], skip_special_tokens=False)
+    if piece.strip() != str(c).strip():
+      raise ProbeError(
+          f"cannot build the probe with this tokenizer: the token completing "
+          f"{answer + str(c)!r} decodes to {piece!r}, not {str(c)!r}{hint}")
+  return prefix, [ids[-1] for ids in encodings]
+
+
 def score_probe(tokenizer: _Tokenizer, context: str,
                 answer: str = SCORE_ANSWER) -> tuple[list[int], list[int]]:
   """Token ids of the probe after ``context`` and of the five digit continuations.
@@ -62,25 +106,11 @@ def score_probe(tokenizer: _Tokenizer, context: str,
      digit ids: 5 ints, the token that completes "Score: N" for N = 1..5).
   Raises:
     ProbeError: the five encodings of ``context + answer + N`` do not share one prefix and
-      differ only in one last token, or that token does not decode to the digit N.
+      differ only in one last token, or that token does not decode to the digit N
+      (``choice_probe``).
   """
-  encodings = [list(tokenizer.encode(f"{context}{answer}{n}")) for n in SCORES]
-  prefix = encodings[0][:-1]
-  for n, ids in zip(SCORES, encodings):
-    if len(ids) != len(prefix) + 1 or ids[:-1] != prefix:
-      tail = tokenizer.decode(ids[len(prefix) - 2:], skip_special_tokens=False)
-      raise ProbeError(
-          f"cannot build the score probe with this tokenizer: {answer + str(n)!r} after the "
-          f"prompt does not encode as the shared prefix plus one digit token (tail {tail!r}, "
-          f"{len(ids)} tokens vs {len(prefix) + 1}); use CurationConfig.mode='generate'")
-    piece = tokenizer.decode([ids[-1]], skip_special_tokens=False)
-    if piece.strip() != str(n):
-      raise ProbeError(
-          f"cannot build the score probe with this tokenizer: the token completing "
-          f"{answer + str(n)!r} decodes to {piece!r}, not {str(n)!r}; use "
-          "CurationConfig.mode='generate'")
-  digits = [ids[-1] for ids in encodings]
-  return prefix, digits
+  return choice_probe(tokenizer, context, answer, [str(n) for n in SCORES],
+                      hint="use CurationConfig.mode='generate'")
 
 
 @dataclasses.dataclass(frozen=True)
