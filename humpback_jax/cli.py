@@ -5,6 +5,10 @@
   humpback-jax stages [--gin_file=...]            # list stage names
   humpback-jax score --model=SPEC --input=pairs.jsonl --output=scores.jsonl \
       [--mode=logprob|generate|generate+logprob] [--sanity_check]   # rate any dataset
+  humpback-jax eval --model=SPEC --output=DIR [--num_prompts=N --seed=S] [--judge=SPEC]
+      # AlpacaEval model_outputs.json, and with a judge the win rate ± SE
+  humpback-jax serve --model=SPEC --port=N [--host=127.0.0.1 --api_key=KEY]
+      # an OpenAI-compatible HTTP API (/v1/models, /v1/chat/completions, /v1/completions)
 
 A rerun with the same ``--run_dir`` skips finished, up-to-date stages, resumes an interrupted
 one, and reruns the stages whose config section or input files changed since they ran (and
@@ -76,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="pairs used by --sanity_check (the first N of the input)")
   score.add_argument("--seed", type=int, default=0, help="sampling seed")
   score.add_argument("--dtype", default=None, help="compute dtype (float32, bfloat16)")
+  from humpback_jax.eval import cli as eval_cli
+  eval_cli.add_parser(sub, common)
+  from humpback_jax.serve import cli as serve_cli
+  serve_cli.add_parser(sub)
   return p
 
 
@@ -174,8 +182,9 @@ def main(argv=None) -> int:
 def _init_distributed(args) -> None:
   """``jax.distributed.initialize`` when the flags ask for several processes (before any
   other JAX call). On CPU the cross-process collectives use gloo."""
-  given = [args.coordinator_address, args.num_processes, args.process_id]
-  if not args.distributed and all(v is None for v in given):
+  given = [getattr(args, k, None) for k in ("coordinator_address", "num_processes",
+                                             "process_id")]
+  if not getattr(args, "distributed", False) and all(v is None for v in given):
     return
   import jax
   if any(v is None for v in given) and not args.distributed:
@@ -202,9 +211,16 @@ def _main(args) -> int:
 
   if args.command == "score":
     return _score(args, progress=not args.no_progress)
+  if args.command == "eval":
+    from humpback_jax.eval import cli as eval_cli
+    return eval_cli.run(args, progress=not args.no_progress)
+  if args.command == "serve":
+    from humpback_jax.serve import cli as serve_cli
+    return serve_cli.run(args)
   config = build_config(args.gin_file, args.gin_param)
   if args.command == "stages":
-    for s in pipeline_stages(config.iterations, config.export_hf, config.final_samples):
+    for s in pipeline_stages(config.iterations, config.export_hf, config.final_samples,
+                           config.evaluation):
       print(f"{s.name}: {', '.join(s.inputs) or '-'} -> {', '.join(s.outputs)}")
     return 0
   progress = not args.no_progress

@@ -50,6 +50,8 @@ def test_win_rate_and_standard_error_hand_computed():
   assert soft["standard_error"] == pytest.approx(100 * np.std([0.9, 0.6, 0.2], ddof=1) / 3 ** .5)
   assert soft["discrete_win_rate"] == pytest.approx(100 * 2 / 3)
   assert winrate.win_rate([0.7])["standard_error"] is None
+  near = winrate.win_rate([0.5004, 0.4996, 0.502])  # within 1e-3 of 0.5: ties
+  assert (near["wins"], near["losses"], near["ties"]) == (1, 0, 2)
   assert winrate.win_rate([])["win_rate"] is None
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
     winrate.win_rate([1.2])
@@ -312,3 +314,32 @@ def test_eval_config_checks_head_to_head():
   EvalConfig(models=("M0", "M1"), head_to_head=(("M1", "M0"),))
   with pytest.raises(ValueError, match="head_to_head"):
     EvalConfig(models=("M0",), head_to_head=(("M1", "M0"),))
+
+
+@needs_data
+def test_eval_command_writes_outputs_and_win_rate(tmp_path, capsys):
+  from humpback_jax.cli import main
+  args = ["eval", "--model=weights/stories260K.bin", "--tokenizer=weights/tok512.bin",
+          f"--output={tmp_path}", "--num_prompts=3", "--seed=1", "--no_progress",
+          "--judge=weights/stories260K.bin", "--judge_tokenizer=weights/tok512.bin",
+          "--gin_param=EvalConfig.max_new_tokens=8", "--gin_param=EvalConfig.max_prompt_len=256",
+          "--gin_param=EvalConfig.judge_settings=@JudgeConfig()",
+          "--gin_param=JudgeConfig.max_prompt_len=496"]
+  assert main(args) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  outs = outputs.read_model_outputs(tmp_path / "model_outputs.json")
+  want = [p["instruction"] for p in answers.load_prompts(REF, 3, 1)]
+  assert [o["instruction"] for o in outs] == want and summary["count"] == 3
+  judgments = [json.loads(x) for x in (tmp_path / "judgments.jsonl").read_text().splitlines()]
+  assert len(judgments) == 3
+  pref = [j["preference"] for j in judgments]
+  assert summary["win_rate"] == pytest.approx(100 * np.mean(pref), abs=1e-9)
+  for j in judgments:
+    assert j["preference"] == pytest.approx((j["p_model_first"] + 1 - j["p_model_second"]) / 2,
+                                            abs=2e-6)
+  result = json.loads((tmp_path / "results.json").read_text())
+  assert result["n"] == 3 and result["judge_stats"]["judgments"] == 6
+  assert not list(tmp_path.glob("*.partial.jsonl"))
+  # A second run with the same arguments resumes nothing and gives the same outputs.
+  assert main(args) == 0
+  assert outputs.read_model_outputs(tmp_path / "model_outputs.json") == outs

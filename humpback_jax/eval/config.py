@@ -45,6 +45,8 @@ class EvalConfig:
     quality_sample: how many candidates the reference judge labels for curation precision /
       recall ([HB] §4.3: 250 labelled pairs); 0 skips. The reference is ``judge`` (or the
       endpoint).
+    scaling_sizes: the data-scaling view ([HB] Figure 2, ``eval/scaling.py``): a model
+      ``S<N>`` per size, trained on seed + N curated pairs, answered and judged; () skips.
   """
 
   models: tuple[str, ...] = ()
@@ -72,6 +74,7 @@ class EvalConfig:
   length_controlled: bool = True
   analyses: bool = True
   quality_sample: int = 0
+  scaling_sizes: tuple[int, ...] = ()
 
   def __post_init__(self):
     names = set(self.models)
@@ -79,12 +82,21 @@ class EvalConfig:
       if a not in names or b not in names or a == b:
         raise ValueError(f"EvalConfig.head_to_head pair ({a!r}, {b!r}): both must be distinct "
                          f"entries of EvalConfig.models {self.models!r}")
+    if any(n < 0 for n in self.scaling_sizes) or len(set(self.scaling_sizes)) != len(
+        self.scaling_sizes):
+      raise ValueError(f"EvalConfig.scaling_sizes must be distinct and >= 0, got "
+                       f"{self.scaling_sizes}")
     if self.num_prompts is not None and self.num_prompts < 1:
       raise ValueError(f"EvalConfig.num_prompts must be >= 1 or None, got {self.num_prompts}")
     if self.batching not in ("auto", "bucketed", "continuous"):
       raise ValueError(f"EvalConfig.batching={self.batching!r}")
     if not 0 < self.top_p <= 1 or self.temperature < 0:
       raise ValueError("EvalConfig: 0 < top_p <= 1 and temperature >= 0 are required")
+
+  @property
+  def evaluated(self) -> tuple[str, ...]:
+    """Every model that answers: ``models``, then ``S<N>`` per ``scaling_sizes``."""
+    return tuple(self.models) + tuple(f"S{n}" for n in self.scaling_sizes)
 
   @property
   def judged(self) -> bool:

@@ -27,7 +27,11 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["win_rate", "combine_orders", "order_agreement", "length_controlled"]
+__all__ = ["win_rate", "combine_orders", "order_agreement", "length_controlled",
+           "TIE_TOLERANCE"]
+
+# |p - 0.5| within this counts as a tie in the discrete counts (not in the win rate itself).
+TIE_TOLERANCE = 1e-3
 
 
 def _preferences(p) -> np.ndarray:
@@ -46,7 +50,9 @@ def win_rate(preferences: Sequence[float] | np.ndarray) -> dict:
   Returns:
     ``{n, win_rate, standard_error, wins, losses, ties, discrete_win_rate}``: ``win_rate`` =
     100 * mean; ``standard_error`` = 100 * sample std (ddof 1) / sqrt(n) (None for n < 2);
-    ``wins``/``losses``/``ties`` count p > 0.5, p < 0.5, p == 0.5; ``discrete_win_rate`` =
+    ``wins``/``losses``/``ties`` count p > 0.5 + TIE_TOLERANCE, p < 0.5 - TIE_TOLERANCE and
+    the rest (a soft judge that cannot tell the outputs apart gives p = 0.5 up to float
+    rounding: a tie, not a coin of wins and losses); ``discrete_win_rate`` =
     100 * (wins + ties / 2) / n. Win rates are None for n = 0.
   Raises:
     ValueError: a preference outside [0, 1] or not finite.
@@ -56,7 +62,8 @@ def win_rate(preferences: Sequence[float] | np.ndarray) -> dict:
   if n == 0:
     return {"n": 0, "win_rate": None, "standard_error": None, "wins": 0, "losses": 0,
             "ties": 0, "discrete_win_rate": None}
-  wins, losses = int((p > 0.5).sum()), int((p < 0.5).sum())
+  wins = int((p > 0.5 + TIE_TOLERANCE).sum())
+  losses = int((p < 0.5 - TIE_TOLERANCE).sum())
   ties = n - wins - losses
   se = float(100 * p.std(ddof=1) / math.sqrt(n)) if n > 1 else None
   return {"n": n, "win_rate": float(100 * p.mean()), "standard_error": se, "wins": wins,

@@ -203,7 +203,8 @@ class DecoderLayer(nn.Module):
 class Llama(nn.Module):
   """LLaMA causal LM.
 
-  ``__call__(tokens, positions, segment_ids=None, cache=None, last_logits_only=False)``:
+  ``__call__(tokens, positions, segment_ids=None, cache=None, last_logits_only=False,
+  return_hidden=False)``:
     tokens: int32 [B, T] token ids.
     positions: int32 [B, T] RoPE positions (tokens from the start of each example).
     segment_ids: int32 [B, T]; 0 marks padding; ``None`` means all ones.
@@ -212,8 +213,14 @@ class Llama(nn.Module):
     last_logits_only: project only the last column to the vocabulary (logits [B, 1, V]); with
       left-padded prompts that is every row's next-token distribution, without materializing
       [B, T, V] (1 GiB at B=8, T=1024, V=32000).
+    return_hidden: return the final hidden states (after the final RMSNorm, before the LM
+      head) instead of the logits; the LM head is not computed. Used for text features
+      (``eval/mauve_score.py``). Default False: the logits, as before.
   Returns:
-    (logits float32 [B, T, V] (or [B, 1, V]; float64 for a float64 model), new cache or None).
+    (logits float32 [B, T, V] (or [B, 1, V]; float64 for a float64 model), new cache or None);
+    with ``return_hidden``: (hidden [B, T, D] (or [B, 1, D] with ``last_logits_only``) in the
+    head's dtype (float32 with ``logits_dot_in_fp32``, else the compute dtype), new cache or
+    None).
   """
 
   config: LlamaConfig
@@ -222,7 +229,7 @@ class Llama(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, segment_ids=None, cache: KVCache | None = None,
-               last_logits_only: bool = False):
+               last_logits_only: bool = False, return_hidden: bool = False):
     cfg = self.config
     if segment_ids is None:
       segment_ids = jnp.ones_like(tokens)
@@ -271,6 +278,13 @@ class Llama(nn.Module):
       x = x[:, -1:]
     head_dtype = _acc(cfg.compute_dtype) if cfg.logits_dot_in_fp32 else cfg.compute_dtype
     x = RMSNorm(cfg.rms_norm_eps, head_dtype, cfg.weight_dtype, name="final_norm")(x)
+
+    new_cache = None
+    if cache is not None:
+      new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": kv_segments,
+                   "index": cache_index + t}
+    if return_hidden:
+      return x, new_cache
     if cfg.tie_word_embeddings:
       logits = jnp.einsum("btd,vd->btv", x.astype(head_dtype),
                           embed.embedding.astype(head_dtype),
@@ -281,11 +295,6 @@ class Llama(nn.Module):
           kernel_init=_dense_init(("embed", "vocab")), name="lm_head")(x)
     logits = _constrain(self.sharding, logits.astype(_acc(cfg.compute_dtype)),
                         ("activation_batch", "activation_length", "activation_vocab"))
-
-    new_cache = None
-    if cache is not None:
-      new_cache = {"k": new_kv[0], "v": new_kv[1], "segment_ids": kv_segments,
-                   "index": cache_index + t}
     return logits, new_cache
 
 

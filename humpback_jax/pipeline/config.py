@@ -16,6 +16,8 @@ import gin
 from humpback_jax.curate import CurationConfig
 from humpback_jax.data.seed import SeedConfig
 from humpback_jax.data.web import WebConfig
+from humpback_jax.eval.config import EvalConfig
+from humpback_jax.eval.judge import JudgeConfig
 from humpback_jax.sharding import MeshConfig
 from humpback_jax.train.config import TrainConfig
 
@@ -132,6 +134,8 @@ class PipelineConfig:
       evaluation: judging is a later stage.
     final_max_new_tokens: answer budget of those samples (tokens).
     eval_file: AlpacaEval instructions, relative to the data root.
+    evaluation: the evaluation stages (answers, judge, curation quality, analyses); none
+      unless ``EvalConfig.models`` names models (``configs/eval_demo.gin``).
   """
 
   data_root: str | None = None
@@ -148,10 +152,11 @@ class PipelineConfig:
   final_samples: int = 8
   final_max_new_tokens: int = 256
   eval_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
+  evaluation: EvalConfig = EvalConfig()
 
 
 for _cls in (BaseModelConfig, GenerationConfig, PipelineConfig, CurationConfig, SeedConfig,
-             WebConfig, TrainConfig, MeshConfig):
+             WebConfig, TrainConfig, MeshConfig, EvalConfig, JudgeConfig):
   gin.external_configurable(_cls, module="humpback_jax")
 
 # PipelineConfig field -> (config class, gin scope). Scoped bindings such as
@@ -164,6 +169,7 @@ NESTED = {
     "forward_train": (TrainConfig, "forward"),
     "augment": (GenerationConfig, None),
     "curation": (CurationConfig, None),
+    "evaluation": (EvalConfig, None),
 }
 
 

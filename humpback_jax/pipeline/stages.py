@@ -350,8 +350,9 @@ def _eval_files(config) -> tuple[str, ...]:
 
 
 def pipeline_stages(iterations: int = 2, export_hf: bool = True,
-                    final_samples: int = 0) -> list[Stage]:
-  """The stage list of [HB] §2 for ``iterations`` rounds of curation."""
+                    final_samples: int = 0, evaluation=None) -> list[Stage]:
+  """The stage list of [HB] §2 for ``iterations`` rounds of curation, then the evaluation
+  stages of ``evaluation`` (an ``eval.config.EvalConfig``; ``eval.stages.eval_stages``)."""
   train = ("seed_value", "base")
   stages = [
       Stage("prepare_seed", (), ("data/seed.jsonl",), prepare_seed, ("seed",),
@@ -382,4 +383,6 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
     stages.append(Stage("export_hf", (f"models/M{iterations}/params",),
                         (f"models/M{iterations}_hf",), export_final, ("base", "iterations"),
                         True))
+  from humpback_jax.eval.stages import eval_stages
+  stages += eval_stages(evaluation, iterations)
   return stages
