@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(
     not (paths.default_data_root() / "weights" / "stories260K.bin").exists(),
     reason="../shared/data not present")
 
-EVAL_STAGES = ["train_S0", "train_S2", "train_S4", "answer_M0", "answer_M2", "answer_S0",
-               "answer_S2", "answer_S4", "judge", "curation_quality", "analyze"]
+EVAL_STAGES = ["train_S0", "train_S2", "train_S4", "answer_M0", "answer_M2", "answer_stories",
+               "answer_S0", "answer_S2", "answer_S4", "judge", "curation_quality", "analyze"]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +44,12 @@ def test_eval_stages_done(run_dir):
   for name in EVAL_STAGES:
     assert stages[name]["status"] == "done", name
   prompts = answers.load_prompts(REF, 4, 0)
-  for name in ("M0", "M2", "S0", "S2", "S4"):
+  for name in ("M0", "M2", "S0", "S2", "S4", "stories"):
     outs = outputs.read_model_outputs(run_dir / f"eval/{name}/model_outputs.json")
     assert [o["instruction"] for o in outs] == [p["instruction"] for p in prompts]
-    assert all(o["generator"] == f"humpback-jax-{name}-weights_stories260K.bin" for o in outs)
+    want = ("stories-weights_stories260K.bin" if name == "stories" else
+            f"humpback-jax-{name}-weights_stories260K.bin")
+    assert all(o["generator"] == want for o in outs)
     assert stages[f"answer_{name}"]["count"] == 4
     assert not (run_dir / f"eval/{name}/answers.partial.jsonl").exists()
   # Nested subsets of A^(2): S0 is the seed alone, S2 / S4 add (at most) 2 / 4 pairs.
@@ -65,7 +67,7 @@ def test_results_are_the_means_of_the_judgments(run_dir):
   judgments = jsonl.read_jsonl(run_dir / "eval/judgments.jsonl")
   pairs = [r["pair"] for r in results["results"]]
   assert pairs == ["M0_vs_text_davinci_003", "M2_vs_text_davinci_003",
-                   "S0_vs_text_davinci_003", "S2_vs_text_davinci_003",
+                   "stories_vs_text_davinci_003", "S0_vs_text_davinci_003", "S2_vs_text_davinci_003",
                    "S4_vs_text_davinci_003", "M2_vs_M0"]
   assert len(judgments) == 4 * len(pairs)
   for r in results["results"]:

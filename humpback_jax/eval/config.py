@@ -15,6 +15,10 @@ class EvalConfig:
   Attributes:
     models: which models answer: run model names ("M0", "M1", "M2", "M_yx" makes no sense)
       or "base" (the base checkpoint, untuned). Empty: no evaluation stages.
+    imported: (name, model spec[, tokenizer spec]) of checkpoints from outside the run that
+      answer too (any spec ``BaseModelConfig.checkpoint`` takes, e.g. ``("smollm2_instruct",
+      "smollm2")``; a llama2.c ``.bin`` needs the tokenizer), with their own tokenizer and chat
+      template and no tag sentences.
     prompts_file: the AlpacaEval instructions with the reference outputs (relative to the data
       root): the 805 with text-davinci-003's outputs (AlpacaEval 1.0, the papers' reference).
     reference_name: the reference's name in reports.
@@ -50,6 +54,7 @@ class EvalConfig:
   """
 
   models: tuple[str, ...] = ()
+  imported: tuple[tuple[str, ...], ...] = ()
   prompts_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
   reference_name: str = "text_davinci_003"
   num_prompts: int | None = None
@@ -77,7 +82,16 @@ class EvalConfig:
   scaling_sizes: tuple[int, ...] = ()
 
   def __post_init__(self):
-    names = set(self.models)
+    for entry in self.imported:
+      if len(entry) not in (2, 3):
+        raise ValueError(f"EvalConfig.imported entry {entry!r}: (name, spec[, tokenizer])")
+    names = set(self.models) | {e[0] for e in self.imported}
+    if len(names) != len(self.models) + len(self.imported):
+      raise ValueError(f"EvalConfig: model names must be unique: {self.models!r}, "
+                       f"{self.imported!r}")
+    for n in (e[0] for e in self.imported):
+      if not n or "/" in n or n.startswith(("M", "S")) and n[1:].isdigit() or n == "base":
+        raise ValueError(f"EvalConfig.imported name {n!r}: a plain name, not a run model's")
     for a, b in self.head_to_head:
       if a not in names or b not in names or a == b:
         raise ValueError(f"EvalConfig.head_to_head pair ({a!r}, {b!r}): both must be distinct "
@@ -95,8 +109,10 @@ class EvalConfig:
 
   @property
   def evaluated(self) -> tuple[str, ...]:
-    """Every model that answers: ``models``, then ``S<N>`` per ``scaling_sizes``."""
-    return tuple(self.models) + tuple(f"S{n}" for n in self.scaling_sizes)
+    """Every model that answers: ``models``, ``imported`` names, then ``S<N>`` per
+    ``scaling_sizes``."""
+    return (tuple(self.models) + tuple(e[0] for e in self.imported)
+            + tuple(f"S{n}" for n in self.scaling_sizes))
 
   @property
   def judged(self) -> bool:

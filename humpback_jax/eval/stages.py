@@ -43,15 +43,24 @@ def answer_stage(name: str):
     from humpback_jax.pipeline.stages import _load_trained, _sampler
     cfg = ctx.config.evaluation
     prompts = _prompts(ctx)
-    if name == "base":
+    imported = {e[0]: e[1:] for e in cfg.imported}
+    tokenizer, generator = ctx.tokenizer, _generator(ctx, name)
+    if name in imported:  # a checkpoint from outside the run: its own tokenizer, no tags
+      spec, tok_spec = imported[name][0], (imported[name][1:] or (None,))[0]
+      model_cfg, params, tokenizer = load_judge_model(spec, ctx.data_root, ctx.runtime,
+                                                      tok_spec)
+      cfg = dataclasses.replace(cfg, tags=())
+      generator = f"{name}-{spec.replace('/', '_')}"
+    elif name == "base":
       model_cfg, params = ctx.base_model
     else:
       model_cfg, params = _load_trained(ctx, name)
-    sampler, params = _sampler(ctx, model_cfg, cfg, "EvalConfig", params)
+    sampler, params = _sampler(ctx, model_cfg, cfg, "EvalConfig", params,
+                               tokenizer=tokenizer)
     partial = ctx.path(f"eval/{name}/answers.partial.jsonl")
     records, stats = answers_lib.generate_answers(
-        sampler, params, ctx.tokenizer, prompts, cfg=cfg, seed=ctx.config.seed_value,
-        generator=_generator(ctx, name), partial_path=partial, progress=ctx.progress)
+        sampler, params, tokenizer, prompts, cfg=cfg, seed=ctx.config.seed_value,
+        generator=generator, partial_path=partial, progress=ctx.progress)
     outputs.write_model_outputs(records, ctx.path(_outputs_path(name)))
     answers_lib.remove_partial(partial)
     return dict(stats, truncated_prompts=sampler.stats.get("truncated_prompts", 0),
@@ -243,7 +252,8 @@ def eval_stages(cfg, iterations: int) -> list:
                         ("forward_train", "iterations", "seed_value", "base"),
                         True))
   for name in cfg.evaluated:
-    inputs = () if name == "base" else (f"models/{name}/params",)
+    imported = {e[0] for e in cfg.imported}
+    inputs = () if name == "base" or name in imported else (f"models/{name}/params",)
     stages.append(Stage(f"answer_{name}", inputs, (_outputs_path(name),), answer_stage(name),
                         keys, True, external_files=_prompts_file,
                         partials=(f"eval/{name}/answers.partial.jsonl",)))

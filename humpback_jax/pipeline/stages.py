@@ -154,10 +154,12 @@ def train_forward(t: int) -> Callable[[RunContext], dict]:
 # --------------------------------------------------------------------------- sampling stages
 
 
-def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
+def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params, tokenizer=None):
   """A ``Sampler`` on the run's mesh with ``cfg``'s prompt budget, batch size, overflow
   policy and batching (``GenerationConfig.batching``; bucketed for configs without one), and ``params`` placed on the mesh once (sharded by the logical rules). Refuses
   budgets beyond the model's context length (naming ``owner``'s fields).
+
+  ``tokenizer``: the model's own when it is not the run's (an imported checkpoint).
 
   Returns:
     (sampler, placed params).
@@ -168,7 +170,7 @@ def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params):
   batching = getattr(cfg, "batching", "bucketed")
   if batching == "auto":
     batching = "continuous" if mesh is None or mesh.size == 1 else "bucketed"
-  sampler = Sampler(model_cfg, ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
+  sampler = Sampler(model_cfg, tokenizer or ctx.tokenizer, max_prompt_len=cfg.max_prompt_len,
                     batch_size=cfg.batch_size, prompt_overflow=cfg.prompt_overflow, owner=owner,
                     mesh=mesh, rules=ctx.runtime.rules, batching=batching,
                     cache_dtype=getattr(cfg, "cache_dtype", None))
