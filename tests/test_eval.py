@@ -170,7 +170,7 @@ def _families():
 
 @pytest.mark.parametrize("family,tok", _families(), ids=lambda x: x if isinstance(x, str) else "")
 def test_two_token_readout_on_each_tokenizer_family(family, tok):
-  msg = judge.PairwiseJudge.prompt("Name a colour.", "Blue.", "The sky is blue, so blue.")
+  msg = judge.render_prompt("Name a colour.", "Blue.", "The sky is blue, so blue.")
   context = templates.chat_prompt(tok, msg)
   prefix, ids = probe.choice_probe(tok, context, "", ("m", "M"))
   assert ids[0] != ids[1]
@@ -180,7 +180,7 @@ def test_two_token_readout_on_each_tokenizer_family(family, tok):
   # the prompt head is the shared prefix that the local judge reuses
   from humpback_jax.sample.prefix import template_prefix
   head = template_prefix(tok, lambda f: templates.chat_prompt(
-      tok, judge.JUDGE_PROMPT.format(instruction=f, output_1=f, output_2=f)))
+      tok, judge.render_prompt(f, f, f)))
   assert len(head) > 20 and prefix[:len(head)] == head, family
 
 
@@ -210,10 +210,10 @@ def test_local_judge_equals_a_direct_forward_pass(tiny):
   tok = ByteTokenizer()
   sampler = Sampler(CFG, tok, max_prompt_len=1024, batch_size=4)
   params = sampler.place_params(tiny)
-  render = lambda f: judge.JUDGE_PROMPT.format(instruction=f, output_1=f, output_2=f)  # noqa
+  render = lambda f: judge.render_prompt(f, f, f)  # noqa
   with_reuse = judge.LocalChoiceBackend(sampler, params, tok, prefix_template=render)
   without = judge.LocalChoiceBackend(sampler, params, tok)
-  msgs = [judge.PairwiseJudge.prompt(x, a, b) for x, a, b in
+  msgs = [judge.render_prompt(x, a, b) for x, a, b in
           [("Say hi.", "hi", "hello there"), ("2+2?", "4", "five"), ("Why?", "Because.", "x")]]
   lp_reuse, _ = with_reuse.choice_logprobs(msgs, ("m", "M"))
   lp_full, _ = without.choice_logprobs(msgs, ("m", "M"))

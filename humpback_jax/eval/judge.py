@@ -34,27 +34,28 @@ from humpback_jax.curate.probe import choice_probe
 from humpback_jax.data import templates
 from humpback_jax.eval import winrate
 
-__all__ = ["JUDGE_PROMPT", "JudgeConfig", "ChoiceBackend", "LocalChoiceBackend",
+__all__ = ["JUDGE_PROMPT", "render_prompt", "JudgeConfig", "ChoiceBackend", "LocalChoiceBackend",
            "PairwiseJudge", "truncate_output"]
 
-# Our wording of AlpacaEval 2.0's pairwise prompt; slots: instruction, output_1, output_2.
+# Our wording of AlpacaEval 2.0's pairwise prompt; slots: instruction, output_1, output_2 and
+# the two identifiers id_1, id_2 (``JudgeConfig.choices``).
 JUDGE_PROMPT = """You compare two answers to the same instruction and pick the one a careful human reader would prefer: the more helpful, accurate, relevant and complete answer. The order of the answers carries no meaning, and length alone is no merit.
 
 ## Instruction
 
 {instruction}
 
-## Answer m
+## Answer {id_1}
 
 {output_1}
 
-## Answer M
+## Answer {id_2}
 
 {output_2}
 
 ## Task
 
-Which answer is better, m or M? Reply with the identifier of the better answer only, with nothing else: m or M."""
+Which answer is better, {id_1} or {id_2}? Reply with the identifier of the better answer only, with nothing else: {id_1} or {id_2}."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +148,13 @@ class LocalChoiceBackend:
     return np.asarray(logp, np.float64), None
 
 
+def render_prompt(instruction: str, output_1: str, output_2: str,
+                  choices: Sequence[str] = ("m", "M")) -> str:
+  """``JUDGE_PROMPT`` for one ordered pair, the outputs named by ``choices``."""
+  return JUDGE_PROMPT.format(instruction=instruction, output_1=output_1, output_2=output_2,
+                             id_1=choices[0], id_2=choices[1])
+
+
 def truncate_output(tokenizer, text: str, max_tokens: int) -> tuple[str, bool]:
   """``text`` cut to its first ``max_tokens`` tokens (no BOS), and whether it was cut.
   A cut text ends with " [...]" so that the judge sees it is incomplete."""
@@ -185,10 +193,9 @@ class PairwiseJudge:
     self.backend, self.tokenizer, self.cfg = backend, tokenizer, cfg
     self.stats = {"judgments": 0, "truncated_outputs": 0, "unreadable": 0}
 
-  @staticmethod
-  def prompt(instruction: str, output_1: str, output_2: str) -> str:
+  def prompt(self, instruction: str, output_1: str, output_2: str) -> str:
     """The judge's user message for one ordered pair."""
-    return JUDGE_PROMPT.format(instruction=instruction, output_1=output_1, output_2=output_2)
+    return render_prompt(instruction, output_1, output_2, self.cfg.choices)
 
   def _cut(self, text: str) -> str:
     cut, was = truncate_output(self.tokenizer, text, self.cfg.max_output_tokens)

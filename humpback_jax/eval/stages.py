@@ -96,7 +96,7 @@ def make_judge(cfg, *, data_root=None, runtime=None, tokenizer_for_endpoint=None
   """
   import os
 
-  from humpback_jax.eval.judge import JUDGE_PROMPT, LocalChoiceBackend, PairwiseJudge
+  from humpback_jax.eval.judge import LocalChoiceBackend, PairwiseJudge, render_prompt
   js = cfg.judge_settings
   if cfg.judge_endpoint:
     from humpback_jax.eval.openai_backend import OpenAIChoiceBackend
@@ -113,8 +113,7 @@ def make_judge(cfg, *, data_root=None, runtime=None, tokenizer_for_endpoint=None
                     mesh=mesh, rules=runtime.rules if runtime is not None else None)
   params = sampler.place_params(params)
   backend = LocalChoiceBackend(sampler, params, tok,
-                               prefix_template=lambda f: JUDGE_PROMPT.format(
-                                   instruction=f, output_1=f, output_2=f))
+                               prefix_template=lambda f: render_prompt(f, f, f, js.choices))
   return PairwiseJudge(backend, tok, js), tok, cfg.judge
 
 
