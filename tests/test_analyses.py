@@ -1,8 +1,9 @@
 """Data analyses ([HB] Table 2, Figures 2 and 4; [BF] §4): known answers on hand-made sets.
 
-Covers ``eval/analyses.py``, ``eval/plots.py``, ``eval/mauve_score.py`` and ``Llama``'s
-``return_hidden``. Verb-noun extraction runs on hand-built spaCy ``Doc``s (no trained model
-exists offline); MAUVE's plumbing on synthetic features; the featurizer on a tiny random model.
+Covers ``eval/analyses.py``, ``eval/verb_noun.py``, ``eval/run_analyses.py``,
+``eval/plots.py``, ``eval/mauve_score.py`` and ``Llama``'s ``return_hidden``. Verb-noun
+extraction runs on hand-built spaCy ``Doc``s (no trained model exists offline); MAUVE's
+plumbing on synthetic features; the featurizer on a tiny random model.
 """
 
 import functools
@@ -19,7 +20,8 @@ from spacy.vocab import Vocab
 
 from humpback_jax import hosts
 from humpback_jax.errors import InputError
-from humpback_jax.eval import analyses, mauve_score, plots
+from humpback_jax.eval import analyses, mauve_score, plots, run_analyses
+from humpback_jax.eval import verb_noun as verb_noun_lib
 from humpback_jax.models.config import LlamaConfig
 from humpback_jax.models.llama import Llama, init_params
 from test_sampler import ByteTokenizer
@@ -224,11 +226,11 @@ def test_verb_noun_without_a_model_never_raises(monkeypatch):
     raise OSError(f"[E050] Can't find model '{name}'.")
 
   monkeypatch.setattr(spacy, "load", missing)
-  analyses._default_nlp.cache_clear()
+  verb_noun_lib._default_nlp.cache_clear()
   try:
     r = analyses.verb_noun(["Write a poem."])
   finally:
-    analyses._default_nlp.cache_clear()
+    verb_noun_lib._default_nlp.cache_clear()
   assert r["available"] is False
   assert "python -m spacy download en_core_web_sm" in r["reason"] and "internet" in r["reason"]
   assert "E050" in r["reason"]
@@ -356,10 +358,17 @@ def _make_run(root):
   (data / "bad.jsonl").write_text('{"id": 1, "instruction": "x", "response": "y"}\nnot json\n')
 
 
+def test_analyses_re_exports_the_split_modules():
+  assert analyses.verb_noun is verb_noun_lib.verb_noun
+  assert analyses.extract_verb_noun is verb_noun_lib.extract_verb_noun
+  with pytest.raises(AttributeError):
+    analyses.no_such_name  # pylint: disable=pointless-statement
+
+
 def test_analyze_run_on_a_tiny_run(tmp_path):
   run = tmp_path / "run"
   _make_run(run)
-  res = analyses.analyze_run(
+  res = run_analyses.analyze_run(
       run, TOK, nlp=_toy_nlp, mauve_features=_hash_features,
       datasets={"rewritten": "data/rewritten.jsonl", "ghost": "data/ghost.jsonl",
                 "bad": "data/bad.jsonl"})
@@ -405,7 +414,7 @@ def test_analyze_run_on_a_tiny_run(tmp_path):
 def test_analyze_run_reports_what_it_cannot_do(tmp_path, monkeypatch):
   run = tmp_path / "run"
   _make_run(run)
-  res = analyses.analyze_run(run, None, nlp=_toy_nlp, out_dir=tmp_path / "elsewhere",
+  res = run_analyses.analyze_run(run, None, nlp=_toy_nlp, out_dir=tmp_path / "elsewhere",
                              mauve_pairs=[("seed", "A1"), ("seed", "A2"),
                                           ("seed", "A1", "title")])
   assert res["datasets"]["seed"]["summary"]["instruction_tokens"]["mean"] is None
@@ -418,12 +427,12 @@ def test_analyze_run_reports_what_it_cannot_do(tmp_path, monkeypatch):
   assert _is_png(res["plots"]["lengths"])
   # Not process 0: computes the same, writes nothing.
   monkeypatch.setattr(hosts, "is_writer", lambda: False)
-  other = analyses.analyze_run(run, None, nlp=_toy_nlp, out_dir=tmp_path / "other")
+  other = run_analyses.analyze_run(run, None, nlp=_toy_nlp, out_dir=tmp_path / "other")
   assert not (tmp_path / "other").exists() and set(other["plots"]) == set(res["plots"])
   assert other["datasets"] == res["datasets"]
   # An empty run directory: everything absent, nothing raised.
   monkeypatch.setattr(hosts, "is_writer", lambda: True)
-  empty = analyses.analyze_run(tmp_path / "nothing", TOK, nlp=_toy_nlp, write=False)
+  empty = run_analyses.analyze_run(tmp_path / "nothing", TOK, nlp=_toy_nlp, write=False)
   assert sorted(empty["absent"]) == ["A1", "A2", "candidates", "scores_M0", "scores_M1", "seed"]
   assert empty["plots"] == {} and empty["mauve"][0]["computed"] is False
   assert not (tmp_path / "nothing").exists()

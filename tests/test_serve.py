@@ -1,7 +1,8 @@
-"""Tests of ``humpback-jax serve`` (serve/engine.py, serve/app.py, serve/cli.py) and of the
-OpenAI-compatible judge client (eval/openai_backend.py): a real uvicorn server on a free
-loopback port with a tiny random model and a byte tokenizer with a ChatML template, called
-with the ``openai`` client; FastAPI's TestClient for the error paths."""
+"""Tests of ``humpback-jax serve`` (serve/engine.py, serve/scoring.py, serve/app.py,
+serve/schemas.py, serve/cli.py) and of the OpenAI-compatible judge client
+(eval/openai_backend.py): a real uvicorn server on a free loopback port with a tiny random
+model and a byte tokenizer with a ChatML template, called with the ``openai`` client;
+FastAPI's TestClient for the error paths."""
 
 from __future__ import annotations
 

@@ -115,7 +115,7 @@ def make_featurizer(params: Any, config: Any, tokenizer: Any, *, max_len: int = 
                     batch_size: int = 8,
                     name: str = "llama_final_hidden") -> Callable[[Sequence[str]], np.ndarray]:
   """``texts -> float32 [N, D]`` by ``hidden_state_features`` with these arguments bound, for
-  ``mauve_between`` and ``analyses.analyze_run(mauve_features=...)``; its ``__name__`` is
+  ``mauve_between`` and ``run_analyses.analyze_run(mauve_features=...)``; its ``__name__`` is
   ``name`` (reported as ``featurizer``)."""
 
   def featurize(texts: Sequence[str]) -> np.ndarray:

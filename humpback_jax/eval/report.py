@@ -125,7 +125,7 @@ def evaluation_section(run_dir) -> list[str]:
 
 
 def _analyses_lines(a: dict) -> list[str]:
-  """Tables of ``eval/analyses.json`` (``eval.analyses.analyze_run``) and its plots."""
+  """Tables of ``eval/analyses.json`` (``eval.run_analyses.analyze_run``) and its plots."""
   lines = []
   datasets = a.get("datasets") or {}
   if datasets:

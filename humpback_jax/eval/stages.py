@@ -218,14 +218,14 @@ def precision_recall(predicted: dict, truth: dict) -> dict:
 
 
 def analyze_stage(ctx) -> dict:
-  """The data analyses of the run's datasets (``eval.analyses.analyze_run``): counts and
+  """The data analyses of the run's datasets (``eval.run_analyses.analyze_run``): counts and
   lengths ([HB] Table 2), score histograms per iteration, trigram diversity, verb-noun
   structure ([HB] Fig. 4), MAUVE seed vs A_last on the base model's hidden states."""
-  from humpback_jax.eval import analyses, mauve_score
+  from humpback_jax.eval import mauve_score, run_analyses
   model_cfg, params = ctx.base_model
   featurize = mauve_score.make_featurizer(params, model_cfg, ctx.tokenizer,
                                           name=f"{ctx.config.base.checkpoint} final hidden state")
-  result = analyses.analyze_run(ctx.run_dir, ctx.tokenizer, mauve_features=featurize,
+  result = run_analyses.analyze_run(ctx.run_dir, ctx.tokenizer, mauve_features=featurize,
                                 out_dir=ctx.run_dir / "eval")
   return {"count": len(result.get("datasets", {})), "analyses": "eval/analyses.json"}
 

@@ -28,7 +28,8 @@ Safety: every ``/v1`` route answers 401 without ``Authorization: Bearer <api_key
 ``api_key`` is set (``hmac.compare_digest``), 413 for a body over ``max_request_bytes``, and
 OpenAI-style 4xx ``{"error": {"message", "type", "param", "code"}}`` for malformed JSON, wrong
 types, an unknown model (404), an empty ``messages``, or limits (``Engine.check``); unexpected
-errors answer 500 with no traceback (it goes to the server log).
+errors answer 500 with no traceback (it goes to the server log). The request schemas, their
+parsing and the error bodies are in ``serve/schemas.py`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -39,9 +40,7 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Literal
 
-import pydantic
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,98 +48,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from humpback_jax.data import templates
 from humpback_jax.sample.sampling import Greedy, Sampling
 from humpback_jax.serve.engine import Engine, GenerationRequest, GenerationResult
+from humpback_jax.serve.schemas import (  # also re-exported: the public API of this module
+    APIError, ChatCompletionRequest, ChatMessage, CompletionRequest, RequestBase, error_body,
+    parse_request)
 
 _log = logging.getLogger(__name__)
 LOGPROB_FLOOR = -9999.0  # OpenAI's floor for log-probabilities too small to print
-
-
-class APIError(Exception):
-  """An error answered as ``{"error": {...}}`` with an HTTP status."""
-
-  def __init__(self, status: int, message: str, *, param: str | None = None,
-               code: str | None = None, kind: str = "invalid_request_error"):
-    super().__init__(message)
-    self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-  def response(self) -> JSONResponse:
-    return JSONResponse(error_body(self.message, self.kind, self.param, self.code),
-                        status_code=self.status)
-
-
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict:
-  return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-# ----------------------------------------------------------------------------------- schemas
-
-class _Schema(pydantic.BaseModel):
-  model_config = pydantic.ConfigDict(extra="ignore", strict=True)
-
-
-class _TextPart(_Schema):
-  type: Literal["text"]
-  text: str
-
-
-class ChatMessage(_Schema):
-  role: Literal["system", "developer", "user", "assistant"]
-  content: str | list[_TextPart]
-  name: str | None = None
-
-
-class _Common(_Schema):
-  model: str
-  temperature: float | None = pydantic.Field(None, ge=0, le=2)
-  top_p: float | None = pydantic.Field(None, gt=0, le=1)
-  n: int | None = None
-  max_tokens: int | None = None
-  seed: int | None = None
-  stop: str | list[str] | None = None
-  stream: bool | None = False
-  stream_options: dict[str, Any] | None = None
-  presence_penalty: float | None = None
-  frequency_penalty: float | None = None
-
-
-class ChatCompletionRequest(_Common):
-  messages: list[ChatMessage] = pydantic.Field(min_length=1)
-  max_completion_tokens: int | None = None
-  logprobs: bool | None = False
-  top_logprobs: int | None = pydantic.Field(None, ge=0, le=20)
-  tools: list[Any] | None = None
-
-
-class CompletionRequest(_Common):
-  prompt: str | list[str]
-  logprobs: int | None = pydantic.Field(None, ge=0, le=20)
-  echo: bool | None = False
-  suffix: str | None = None
-  best_of: int | None = None
-
-
-def _parse(body: bytes, schema: type[_Schema]) -> _Schema:
-  try:
-    obj = json.loads(body)
-  except (ValueError, UnicodeDecodeError) as e:
-    raise APIError(400, f"could not parse the JSON body of the request ({e})") from None
-  if not isinstance(obj, dict):
-    raise APIError(400, "the request body must be a JSON object")
-  try:
-    return schema.model_validate(obj)
-  except pydantic.ValidationError as e:
-    errors = e.errors()
-    # Union members add their type to the location ("content.str"): keep the field path.
-    path = lambda err: ".".join(str(x) for x in err["loc"] if isinstance(x, int) or (
-        x.isidentifier() and x not in _TYPE_TAGS)) or None
-    param = path(errors[0])
-    msgs = list(dict.fromkeys(err["msg"] for err in errors if path(err) == param))
-    raise APIError(400, f"invalid value for {param!r}: {'; or '.join(msgs)}", param=param,
-                   code="missing" if errors[0]["type"] == "missing" else "invalid_value") \
-        from None
-
-
-_TYPE_TAGS = ("str", "int", "float", "bool", "list", "dict", "_TextPart")
 
 
 # ------------------------------------------------------------------------ request -> engine
@@ -162,7 +75,7 @@ def _chat_prompt(tokenizer, messages: list[ChatMessage]) -> str:
   return templates.PLAIN_TEMPLATE.format(user="\n\n".join(m["content"] for m in msgs))
 
 
-def _generation(engine: Engine, req: _Common, prompt_ids: list[int], max_tokens: int | None,
+def _generation(engine: Engine, req: RequestBase, prompt_ids: list[int], max_tokens: int | None,
                 default_max: int, top_logprobs: int | None, prompt_param: str) -> GenerationRequest:
   if req.n is not None and req.n != 1:
     raise APIError(400, f"n={req.n}: this server returns one choice per request (n > 1 is "
@@ -401,7 +314,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
 
   @app.post("/v1/chat/completions")
   async def chat(request: Request):
-    req = _parse(await request.body(), ChatCompletionRequest)
+    req = parse_request(await request.body(), ChatCompletionRequest)
     check_model(req.model)
     if req.tools:
       raise APIError(400, "tools are not supported", param="tools")
@@ -436,7 +349,7 @@ def create_app(engine: Engine, model_name: str, *, api_key: str | None = None,
 
   @app.post("/v1/completions")
   async def completions(request: Request):
-    req = _parse(await request.body(), CompletionRequest)
+    req = parse_request(await request.body(), CompletionRequest)
     check_model(req.model)
     if isinstance(req.prompt, list):
       if len(req.prompt) != 1:
