@@ -164,7 +164,12 @@ def _families():
       out.append((name, toks.load_tokenizer(path)))
   smol = convert.find_smollm2_gguf()
   if smol:
-    out.append(("gguf-bpe", toks.load_tokenizer(smol)))
+    gguf = toks.load_tokenizer(smol)
+    out.append(("gguf-bpe", gguf))
+    import tempfile
+    d = tempfile.mkdtemp(prefix="hf_tok_")
+    gguf.save(d)  # tokenizer.json + tokenizer_config.json, as in an HF directory
+    out.append(("hf-json", toks.load_tokenizer(d)))
   return out
 
 
