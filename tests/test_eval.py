@@ -348,3 +348,36 @@ def test_eval_command_writes_outputs_and_win_rate(tmp_path, capsys):
   # A second run with the same arguments resumes nothing and gives the same outputs.
   assert main(args) == 0
   assert outputs.read_model_outputs(tmp_path / "model_outputs.json") == outs
+
+
+def test_endpoint_reference_labels_parse_the_written_score(tmp_path, monkeypatch):
+  import types
+
+  from humpback_jax.curate import CurationConfig
+  from humpback_jax.eval import openai_backend, stages
+  seen = []
+
+  class _Endpoint:
+
+    def __init__(self, base_url, model, api_key=None):
+      seen.append((base_url, model, api_key))
+
+    def generate(self, msgs, *, max_tokens, temperature, seed):
+      assert temperature == 0.0 and all("Score: <rating>" in m for m in msgs)
+      return ["Clear and helpful.\nScore: 4" if "xyzzy" in m else "No score here" for m in msgs]
+
+  monkeypatch.setattr(openai_backend, "OpenAIChoiceBackend", _Endpoint)
+  monkeypatch.setenv("MY_KEY", "sk-test")
+  ctx = types.SimpleNamespace(
+      config=types.SimpleNamespace(
+          evaluation=EvalConfig(judge_endpoint="http://127.0.0.1:1/v1", judge_model_name="ref",
+                                judge_api_key_env="MY_KEY"),
+          curation=CurationConfig(chunk_size=1), seed_value=0),
+      path=lambda rel: tmp_path / rel)
+  sample = [{"id": "a", "instruction": "q", "response": "xyzzy answer"},
+            {"id": "b", "instruction": "q", "response": "bad"}]
+  labels = stages._endpoint_reference_labels(ctx, sample)
+  assert [(r["id"], r["score"]) for r in labels] == [("a", 4), ("b", None)]
+  assert seen[0] == ("http://127.0.0.1:1/v1", "ref", "sk-test")
+  # resumable: a rerun reads the partial file and asks nothing
+  assert stages._endpoint_reference_labels(ctx, sample) == labels and len(seen) == 2

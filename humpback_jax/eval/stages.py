@@ -170,33 +170,26 @@ def curation_quality_stage(ctx) -> dict:
   """Precision / recall of each iteration's selection A_k^(t+1) (M_t's score >= k) against
   the reference judge's labels (its score >= k) on a seeded sample of the candidates
   ([HB] §4.3: M0 0.44 / 0.09, M1 0.52 / 0.44, GPT-4 0.88 / 0.92 on 250 labelled pairs).
-  The reference rates with the same prompt and read-out (``CurationConfig``, mode "logprob")."""
+  The reference is ``EvalConfig.judge`` (same prompt, log-prob read-out) or the endpoint
+  ``EvalConfig.judge_endpoint`` (its written score, parsed)."""
   import numpy as np
-
-  from humpback_jax.curate import rate
   cfg = ctx.config.evaluation
   cur = ctx.config.curation
   candidates = jsonl.read_jsonl(ctx.run_dir / "data/candidates.jsonl")
   order = np.random.default_rng(ctx.config.seed_value + 7).permutation(len(candidates))
   sample = [candidates[i] for i in sorted(order[:cfg.quality_sample])]
-  from humpback_jax.sample.sampler import Sampler
-  ref_cfg = dataclasses.replace(cur, mode="logprob")
-  model_cfg, params, tok = load_judge_model(cfg.judge, ctx.data_root, ctx.runtime,
-                                            cfg.judge_tokenizer)
-  sampler = Sampler(model_cfg, tok, max_prompt_len=min(cur.max_prompt_len, model_cfg.max_seq_len),
-                    batch_size=cur.batch_size, prompt_overflow="truncate",
-                    owner="CurationConfig", mesh=ctx.runtime.mesh, rules=ctx.runtime.rules)
-  params = sampler.place_params(params)
-  labels = rate.rate_pairs(sample, sampler=sampler, params=params, tokenizer=tok, cfg=ref_cfg,
-                           seed=ctx.config.seed_value, progress=ctx.progress,
-                           partial_path=ctx.path("eval/reference_labels.partial.jsonl"),
-                           desc="reference labels (chunks)")
+  if cfg.judge:
+    labels = _local_reference_labels(ctx, sample)
+  else:  # an OpenAI-compatible endpoint writes its rating; the parsed score is the label
+    labels = _endpoint_reference_labels(ctx, sample)
   jsonl.write_jsonl(labels, ctx.path("eval/reference_labels.jsonl"))
   if hosts.is_writer():
     (ctx.run_dir / "eval/reference_labels.partial.jsonl").unlink(missing_ok=True)
   k = cur.threshold
   truth = {r["id"]: r["score"] is not None and r["score"] >= k for r in labels}
-  out = {"count": len(sample), "threshold": k, "reference": cfg.judge,
+  out = {"count": len(sample), "threshold": k,
+         "reference": cfg.judge or f"{cfg.judge_endpoint} ({cfg.judge_model_name})",
+         "unlabelled": sum(1 for r in labels if r["score"] is None),
          "reference_positive": int(sum(truth.values())), "iterations": {}}
   for t in range(ctx.config.iterations):
     scores = {r["id"]: r.get("score") for r in
@@ -205,6 +198,48 @@ def curation_quality_stage(ctx) -> dict:
     out["iterations"][f"M{t}"] = precision_recall(pred, truth)
   ctx.write_json("eval/curation_quality.json", out)
   return out
+
+
+def _local_reference_labels(ctx, sample: list[dict]) -> list[dict]:
+  """The reference model ``EvalConfig.judge`` rates ``sample`` with the curation prompt and
+  the log-prob read-out (``CurationConfig``, mode "logprob"); resumable."""
+  from humpback_jax.curate import rate
+  from humpback_jax.sample.sampler import Sampler
+  cfg, cur = ctx.config.evaluation, ctx.config.curation
+  model_cfg, params, tok = load_judge_model(cfg.judge, ctx.data_root, ctx.runtime,
+                                            cfg.judge_tokenizer)
+  sampler = Sampler(model_cfg, tok, max_prompt_len=min(cur.max_prompt_len, model_cfg.max_seq_len),
+                    batch_size=cur.batch_size, prompt_overflow="truncate",
+                    owner="CurationConfig", mesh=ctx.runtime.mesh, rules=ctx.runtime.rules)
+  params = sampler.place_params(params)
+  return rate.rate_pairs(sample, sampler=sampler, params=params, tokenizer=tok,
+                         cfg=dataclasses.replace(cur, mode="logprob"),
+                         seed=ctx.config.seed_value, progress=ctx.progress,
+                         partial_path=ctx.path("eval/reference_labels.partial.jsonl"),
+                         desc="reference labels (chunks)")
+
+
+def _endpoint_reference_labels(ctx, sample: list[dict]) -> list[dict]:
+  """``EvalConfig.judge_endpoint`` answers the curation prompt ([HB] Table 19) greedily, up to
+  512 tokens; its "Score: N" is parsed (``curate.parse``; None when there is none, counted as
+  ``unlabelled``). Resumable by chunks of ``CurationConfig.chunk_size``."""
+  import os
+
+  from humpback_jax.curate.parse import parse_score
+  from humpback_jax.data.templates import RATING_PROMPT
+  from humpback_jax.eval.openai_backend import OpenAIChoiceBackend
+  cfg, cur = ctx.config.evaluation, ctx.config.curation
+  backend = OpenAIChoiceBackend(cfg.judge_endpoint, cfg.judge_model_name or "default",
+                                api_key=os.environ.get(cfg.judge_api_key_env))
+  with jsonl.JsonlAppender(ctx.path("eval/reference_labels.partial.jsonl")) as out:
+    for _, chunk in jsonl.pending_chunks(sample, out.done_ids, cur.chunk_size):
+      texts = backend.generate([RATING_PROMPT.format(instruction=c["instruction"],
+                                                     output=c["response"]) for c in chunk],
+                               max_tokens=512, temperature=0.0, seed=ctx.config.seed_value)
+      out.append({"id": c["id"], "score": parse_score(t), "raw_output": t}
+                 for c, t in zip(chunk, texts) if c["id"] not in out.done_ids)
+    by_id = {r["id"]: r for r in out.records}
+  return [by_id[c["id"]] for c in sample]
 
 
 def precision_recall(predicted: dict, truth: dict) -> dict:
@@ -261,7 +296,7 @@ def eval_stages(cfg, iterations: int) -> list:
                         ("eval/judgments.jsonl", "eval/results.json"), judge_stage, keys, False,
                         external_files=_prompts_file,
                         partials=("eval/judgments.partial.jsonl",)))
-  if cfg.quality_sample and cfg.judge:
+  if cfg.quality_sample and cfg.judged:
     stages.append(Stage("curation_quality",
                         ("data/candidates.jsonl",) + tuple(
                             f"data/scores_M{t}.jsonl" for t in range(iterations)),
