@@ -1,4 +1,5 @@
-"""Unlabelled web corpus: HTML documents -> header-rooted text segments ([HB] §2.1, App. E).
+"""Unlabelled web corpus: HTML documents -> header-rooted text segments ([HB] §2.1, App. E) or
+whole cleaned documents ([BF] §2 step 1), per ``WebConfig.unit``.
 
 Pipeline, one document at a time, in a deterministic order:
 
@@ -28,6 +29,16 @@ Pipeline, one document at a time, in a deterministic order:
    its parent's), the inner one is dropped as ``contained`` and the outer, header-rooted one
    kept, so no kept text is repeated inside another.
 
+**Document mode** (``WebConfig.unit="documents"``, [BF] §2 step 1: "as [HB] but over whole
+cleaned documents ..., no header segmentation"): steps 0-2 are the same; step 3 is replaced by
+one record per page whose text is trafilatura's whole main text (``web_extract.document_text``:
+every block, headers included, no title added), and step 4 applies the filters that judge the
+text (``web_filters.decide_document``: ``length`` with the document bounds ``doc_min_chars`` /
+``doc_max_chars``, ``non_english``, ``repetitive``, then ``duplicate``); the header filters and
+``contained`` do not apply (their counters stay 0). [BF]'s other cut, documents whose backward
+prompt exceeds the context limit (~25% dropped), needs the tokenizer and the prompt, so it is a
+separate step: ``documents.drop_over_context``.
+
 Modules: ``web_decode`` (charsets), ``web_read`` (readers), ``web_extract`` (trafilatura,
 segmentation), ``web_filters`` (filters); their public names are re-exported here.
 All lengths are in characters (Python ``str`` code points), the unit of [HB] App. E; sizes of
@@ -51,16 +62,24 @@ from humpback_jax.errors import InputError
 from humpback_jax.data.web_decode import (  # noqa: F401  (re-exports)
     GUESS_METHODS, Decoded, UndecodableError, decode_html, decode_html_ex)
 from humpback_jax.data.web_extract import (  # noqa: F401
-    BLOCK_SEPARATOR, MAX_HTML_DEPTH, Block, Segment, cap_html_depth, extract_blocks,
-    segment_blocks)
+    BLOCK_SEPARATOR, MAX_HTML_DEPTH, Block, Segment, cap_html_depth, document_text,
+    extract_blocks, segment_blocks)
 from humpback_jax.data.web_filters import (  # noqa: F401
-    FILTERS, NAV_BLOCKLIST, decide_segments, english_scores, filter_reason, is_empty_header,
-    is_english, is_navigation_header, is_repetitive, is_uppercase_header, max_sentence_jaccard,
+    DOCUMENT_FILTERS, FILTERS, NAV_BLOCKLIST, decide_document, decide_segments,
+    document_filter_reason, english_scores, filter_reason, is_empty_header, is_english,
+    is_navigation_header, is_repetitive, is_uppercase_header, max_sentence_jaccard,
     split_sentences, word_ngrams)
 from humpback_jax.data.web_read import (  # noqa: F401
     HTML_SUFFIXES, SUPPORTED_SUFFIXES, TAR_SUFFIXES, WARC_SUFFIXES, ReadCounts, iter_directory,
     iter_documents, iter_html_file, iter_tar, log, source_problem)
 from humpback_jax.data.web_warc import iter_warc  # noqa: F401
+
+# Values of ``WebConfig.unit``: header segments ([HB]) or whole documents ([BF]).
+UNITS: tuple[str, ...] = ("segments", "documents")
+
+# Document-mode ids are ``<doc_id>#doc``: stable (the reader's document id) and never equal to a
+# segment id ``<doc_id>#<n>``, which ends in digits.
+DOCUMENT_ID_SUFFIX = "#doc"
 
 # The four real inputs of ``../shared/data/web`` (see its README), relative to the data root.
 DEFAULT_SOURCES: tuple[str, ...] = (
@@ -86,17 +105,30 @@ class WebConfig:
   """Configuration of :func:`build_segments`.
 
   Attributes:
+    unit: what one record is: ``"segments"`` (header-rooted segments, [HB] §2.1; the default)
+      or ``"documents"`` (the whole main text of each page, [BF] §2 step 1; see the module
+      docstring). The segment-only fields (``min_chars``, ``max_chars``, ``nav_blocklist``,
+      ``title_as_h1``) do not apply to documents, the ``doc_*`` fields only to documents.
     sources: inputs, relative to the data root (absolute paths are used as given): directories,
       ``.html``/``.htm``(``.gz``) files, ``.tar``/``.tar.gz``/``.tgz`` archives, ``.warc``(``.gz``)
       files. Defaults to the four real files of ``web/`` (data README).
     min_chars: shortest kept segment text, characters ([HB] App. E: 600).
     max_chars: longest kept segment text, characters ([HB] App. E: 3,000).
+    doc_min_chars: shortest kept document text, characters, document mode ([BF]: not reported;
+      our choice: 600, [HB]'s segment minimum, so that no document is shorter than the
+      shortest [HB] response).
+    doc_max_chars: longest kept document text, characters, document mode (``None``: no limit).
+      [BF] has no character bound: its upper cut is the backward model's context (see
+      ``documents.drop_over_context``, in tokens). Our choice: 100,000, a guard only, far above
+      any prompt budget of this project (a 4,096-token LLaMA-2 context holds ~16K characters of
+      English), which keeps the quadratic repetition filter bounded on pathological pages.
     ngram: word n-gram order of the repetitive-sentence filter (not reported; our choice: 3).
     jaccard_threshold: a segment is repetitive if any two of its sentences have n-gram Jaccard
       similarity >= this (not reported; our choice: 0.5, i.e. half of the distinct n-grams of
       the pair shared).
     nav_blocklist: navigation/boilerplate header phrases ([HB] App. E examples + our list).
-    max_segments: stop once this many segments are kept (``None``: no limit).
+    max_segments: stop once this many records (segments, or documents in document mode) are
+      kept (``None``: no limit).
     max_documents: stop after this many documents have been read, counted over all sources in
       order (``None``: no limit). Failed documents do not count.
     min_ascii_letter_frac: English heuristic: least share of ASCII letters among all letters of
@@ -120,8 +152,11 @@ class WebConfig:
   """
 
   sources: tuple[str, ...] = DEFAULT_SOURCES
+  unit: str = "segments"
   min_chars: int = 600
   max_chars: int = 3000
+  doc_min_chars: int = 600
+  doc_max_chars: int | None = 100_000
   ngram: int = 3
   jaccard_threshold: float = 0.5
   nav_blocklist: tuple[str, ...] = NAV_BLOCKLIST
@@ -140,6 +175,12 @@ class WebConfig:
       raise TypeError("WebConfig.sources must be a tuple of paths, not one path")
     object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
     object.__setattr__(self, "nav_blocklist", tuple(self.nav_blocklist))
+    if self.unit not in UNITS:
+      raise ValueError(f"WebConfig.unit must be one of {UNITS}, got {self.unit!r}")
+    if self.doc_min_chars < 0 or (self.doc_max_chars is not None
+                                  and self.doc_max_chars < self.doc_min_chars):
+      raise ValueError("need 0 <= doc_min_chars <= doc_max_chars (or doc_max_chars None), got "
+                       f"{self.doc_min_chars}, {self.doc_max_chars}")
     if not 0 <= self.min_chars <= self.max_chars:
       raise ValueError(f"need 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
     if self.ngram < 1:
@@ -192,11 +233,12 @@ def validate_sources(sources: tuple[str, ...], data_root: str | os.PathLike | No
 # ------------------------------------------------------------------------------------------------
 
 
-def _extract_job(job: tuple[str, str, bool, bool, bool]) -> tuple[str, Any, bool]:
-  """Worker: ``(doc_id, html, include_tables, favor_precision, title_as_h1)`` ->
-  ``(status, payload, too_deep)``: ``("ok", segments)``, ``("no_content", None)`` or
-  ``("extraction_error", message)``; ``too_deep``: the page was flattened."""
-  doc_id, html, include_tables, favor_precision, title_as_h1 = job
+def _extract_job(job: tuple[str, str, bool, bool, bool, str]) -> tuple[str, Any, bool]:
+  """Worker: ``(doc_id, html, include_tables, favor_precision, title_as_h1, unit)`` ->
+  ``(status, payload, too_deep)``: ``("ok", segments)`` (``("ok", (title, text))`` for
+  ``unit="documents"``), ``("no_content", None)`` or ``("extraction_error", message)``;
+  ``too_deep``: the page was flattened."""
+  doc_id, html, include_tables, favor_precision, title_as_h1, unit = job
   try:
     html, too_deep = cap_html_depth(html)
     extracted = extract_blocks(html, include_tables=include_tables,
@@ -206,6 +248,9 @@ def _extract_job(job: tuple[str, str, bool, bool, bool]) -> tuple[str, Any, bool
   if extracted is None:
     return "no_content", None, too_deep
   title, blocks = extracted
+  if unit == "documents":
+    text = document_text(blocks)
+    return ("ok", (title, text), too_deep) if text else ("no_content", None, too_deep)
   return "ok", segment_blocks(blocks, title, title_as_h1), too_deep
 
 
@@ -232,6 +277,31 @@ def segment_html(html: str, config: WebConfig | None = None) -> list[Segment]:
   return segment_blocks(blocks, title, config.title_as_h1)
 
 
+def document_html(html: str, config: WebConfig | None = None) -> tuple[str | None, str] | None:
+  """Extracts one page as a whole document (no filtering); see ``extract_blocks`` and
+  ``document_text``. Pages deeper than :data:`MAX_HTML_DEPTH` elements are flattened first.
+
+  Args:
+    html: the page.
+    config: extraction options (default ``WebConfig()``; ``unit`` is not read).
+
+  Returns:
+    ``(title, text)`` (``title`` ``None`` when trafilatura found none), or ``None`` if
+    trafilatura finds no main content.
+
+  Raises:
+    Whatever trafilatura raises on pathological input.
+  """
+  config = config or WebConfig()
+  extracted = extract_blocks(cap_html_depth(html)[0], include_tables=config.include_tables,
+                             favor_precision=config.favor_precision)
+  if extracted is None:
+    return None
+  title, blocks = extracted
+  text = document_text(blocks)
+  return (title, text) if text else None
+
+
 def _documents(config: WebConfig, resolved: list[pathlib.Path],
                counts: ReadCounts) -> Iterator[tuple[str, str, str]]:
   """``(source, doc_id, html)`` over all sources, at most ``config.max_documents``."""
@@ -251,7 +321,8 @@ def _documents(config: WebConfig, resolved: list[pathlib.Path],
 
 def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None,
                    progress: bool = False) -> tuple[list[dict], dict]:
-  """Reads, extracts, segments and filters the web corpus ([HB] §2.1, App. E).
+  """Reads, extracts, segments and filters the web corpus ([HB] §2.1, App. E); or, with
+  ``config.unit="documents"``, extracts and filters whole documents ([BF] §2 step 1).
 
   Every source is validated before any is read (:func:`validate_sources`). Every file, tar
   member or WARC record seen is accounted for exactly once: ``documents_read +
@@ -263,7 +334,7 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
     progress: show a ``tqdm`` progress bar over documents.
 
   Returns:
-    ``(segments, stats)``, with at least one segment. Segments, in source order, then document
+    ``(records, stats)``, with at least one record. Segments, in source order, then document
     order, then header order: ``{"id": "<doc_id>#<header index>", "source", "doc_id", "header",
     "level", "text", "chars": len(text)}`` (characters). Stats keys:
 
@@ -286,24 +357,35 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
       count (``utf-16-sniffed``, ``utf-8``, ``cp1252``, ``charset_normalizer``);
       ``documents_decoded_lossy``: decoded with their label despite invalid bytes (U+FFFD);
     - ``documents_too_deep``: pages nested deeper than ``MAX_HTML_DEPTH`` elements, flattened;
+    - ``unit``: ``config.unit``;
     - ``per_source`` (documents read and kept segments per source);
     - ``segments_before_filters``; ``dropped`` (filter -> count, each segment charged to its
       first failing filter, in :data:`FILTERS` order, ``contained`` last); ``kept``;
     - ``chars_mean``/``chars_std``/``chars_min``/``chars_max`` of kept segments ([HB]: 1,722 ±
       653 chars); ``stopped_early`` (``max_segments`` reached); ``wall_seconds``; ``config``.
 
+    Document mode (``config.unit="documents"``): one record per page that has main content,
+    ``{"id": "<doc_id>#doc", "source", "doc_id", "header": page title or None, "level": 0,
+    "text": the whole main text, "chars"}``, in source then document order; the stats have the
+    same keys with the same meaning per record: ``segments_before_filters`` counts documents
+    with main content (``documents_read - documents_no_content``), ``dropped`` charges each
+    dropped document to its first failing filter of :data:`DOCUMENT_FILTERS` (the header
+    filters and ``contained`` stay 0), ``kept`` and ``chars_*`` are over kept documents, and
+    ``documents_no_headers`` is 0 (a document needs no header).
+
   Raises:
     WebInputError: a bad source (not found, symbolic link loop, unreadable, unsupported type;
       all named at once, before reading); or no segment at all: "no document could be read
       from sources [...] (failures: ...)" or "N documents read from sources [...], 0 segments
-      survived the filters (drops: ...)", with ``.stats`` set.
+      survived the filters (drops: ...)" ("0 documents" in document mode), with ``.stats`` set.
   """
   t0 = time.perf_counter()
   resolved = validate_sources(config.sources, data_root)
   counts = ReadCounts()
   dropped = {name: 0 for name in FILTERS}
   per_source = {src: {"documents": 0, "kept": 0} for src in config.sources}
-  stats: dict[str, Any] = {"documents_read": 0, "documents_no_content": 0,
+  as_documents = config.unit == "documents"
+  stats: dict[str, Any] = {"unit": config.unit, "documents_read": 0, "documents_no_content": 0,
                            "documents_no_headers": 0, "documents_too_deep": 0,
                            "segments_before_filters": 0}
   kept: list[dict] = []
@@ -315,7 +397,7 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
   if progress:
     from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(desc="web documents", unit="doc", total=config.max_documents)
-  opts = (config.include_tables, config.favor_precision, config.title_as_h1)
+  opts = (config.include_tables, config.favor_precision, config.title_as_h1, config.unit)
   # "spawn": forking a process that has started JAX's (or TF's) threads can deadlock.
   pool = (concurrent.futures.ProcessPoolExecutor(
       config.num_workers, mp_context=multiprocessing.get_context("spawn"))
@@ -340,6 +422,23 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
         per_source[src]["documents"] += 1
         if status == "no_content":
           stats["documents_no_content"] += 1
+          continue
+        if as_documents:
+          stats["segments_before_filters"] += 1
+          title, text = payload
+          reason = decide_document(text, config, seen_text)
+          if reason is not None:
+            dropped[reason] += 1
+          else:
+            kept.append({"id": doc_id + DOCUMENT_ID_SUFFIX, "source": src, "doc_id": doc_id,
+                         "header": title, "level": 0, "text": text, "chars": len(text)})
+            per_source[src]["kept"] += 1
+            stopped_early = (config.max_segments is not None
+                             and len(kept) >= config.max_segments)
+          if bar is not None:
+            bar.set_postfix(kept=len(kept))
+          if stopped_early:
+            break
           continue
         if not payload:
           stats["documents_no_headers"] += 1
@@ -400,8 +499,8 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
           f"broken sources: {stats['sources_failed'] or 'none'})", stats)
     drops = {k: v for k, v in dropped.items() if v}
     raise WebInputError(
-        f"{stats['documents_read']} documents read from sources {sources}, 0 segments survived "
-        f"the filters (drops: {drops or 'none'}; segments before filters: "
+        f"{stats['documents_read']} documents read from sources {sources}, 0 {config.unit} "
+        f"survived the filters (drops: {drops or 'none'}; {config.unit} before filters: "
         f"{stats['segments_before_filters']}; documents with no content: "
         f"{stats['documents_no_content']}, with no headers: {stats['documents_no_headers']}; "
         f"failures: {failures or 'none'})", stats)

@@ -1,5 +1,5 @@
-"""Main-content extraction (trafilatura) and header-rooted segmentation of
-:mod:`humpback_jax.data.web` ([HB] §2.1).
+"""Main-content extraction (trafilatura), header-rooted segmentation ([HB] §2.1) and whole
+document text ([BF] §2 step 1) of :mod:`humpback_jax.data.web`.
 
 Text layout (our choice; the paper does not describe it): blocks (paragraphs, lists, tables,
 quotes, code, sub-headers) are joined by a blank line (``"\\n\\n"``); list items are lines
@@ -225,6 +225,24 @@ def segment_blocks(blocks: Iterable[Block], title: str | None = None,
     text = BLOCK_SEPARATOR.join(t for t in body if t)
     segments.append(Segment(len(segments), block.text.strip(), block.level, text))
   return segments
+
+
+def document_text(blocks: Iterable[Block]) -> str:
+  """The whole main text of a document, for ``WebConfig.unit="documents"`` ([BF] §2 step 1).
+
+  Every block in order, headers included (each header as a paragraph of its own, as sub-headers
+  are inside a segment), joined by :data:`BLOCK_SEPARATOR`, as in a segment's text; blank
+  blocks are left out. No header segmentation and no title: the page title is not added (it
+  goes to the record's ``header``), but a header of the body that repeats it stays, being part
+  of the page's text.
+
+  Args:
+    blocks: the document's blocks, in order (see :func:`extract_blocks`).
+
+  Returns:
+    The text (characters); empty when no block has text.
+  """
+  return BLOCK_SEPARATOR.join(b.text for b in blocks if b.text.strip())
 
 
 # ------------------------------------------------------------------------------------------------

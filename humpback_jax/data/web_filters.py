@@ -1,5 +1,6 @@
 """Segment filters of :mod:`humpback_jax.data.web` ([HB] App. E): length, empty, upper-case and
-navigation headers, an English heuristic and repetitive sentences.
+navigation headers, an English heuristic and repetitive sentences; and the same filters on
+whole documents (``WebConfig.unit="documents"``, [BF] §2 step 1), less the header ones.
 
 All lengths are in characters (Python ``str`` code points).
 """
@@ -58,6 +59,10 @@ FILTERS: tuple[str, ...] = (
     "length", "empty_header", "uppercase_header", "nav_header", "non_english", "repetitive",
     "duplicate", "contained",
 )
+
+# The filters that apply to whole documents (``WebConfig.unit="documents"``), in order; the
+# other names of FILTERS keep a zero count in document mode (see document_filter_reason).
+DOCUMENT_FILTERS: tuple[str, ...] = ("length", "non_english", "repetitive", "duplicate")
 
 # English function words for the language heuristic (our choice: the 60 most frequent English
 # words that are function words; standard lists such as NLTK's start the same way).
@@ -234,6 +239,14 @@ def filter_reason(header: str, text: str, config: WebConfig) -> str | None:
   return None
 
 
+def _seen_before(text: str, seen_text: set[bytes]) -> bool:
+  """Whether ``text`` was seen (SHA-1 of its UTF-8 bytes in ``seen_text``); adds it."""
+  key = hashlib.sha1(text.encode("utf-8")).digest()
+  seen = key in seen_text
+  seen_text.add(key)
+  return seen
+
+
 def decide_segments(segments: list, config: WebConfig, seen_text: set[bytes]) -> list[str | None]:
   """Drop reason (or ``None``: kept) of each segment of one document, in :data:`FILTERS` order:
   :func:`filter_reason`, then ``duplicate`` (same text already seen in the corpus; SHA-1 of the
@@ -251,11 +264,8 @@ def decide_segments(segments: list, config: WebConfig, seen_text: set[bytes]) ->
   reasons = []
   for seg in segments:
     reason = filter_reason(seg.header, seg.text, config)
-    if reason is None:
-      key = hashlib.sha1(seg.text.encode("utf-8")).digest()
-      if key in seen_text:
-        reason = "duplicate"
-      seen_text.add(key)
+    if reason is None and _seen_before(seg.text, seen_text):
+      reason = "duplicate"
     reasons.append(reason)
   candidates = [i for i, r in enumerate(reasons) if r is None]
   for i in candidates:
@@ -263,3 +273,50 @@ def decide_segments(segments: list, config: WebConfig, seen_text: set[bytes]) ->
     if any(len(segments[j].text) > len(text) and text in segments[j].text for j in candidates):
       reasons[i] = "contained"
   return reasons
+
+
+def document_filter_reason(text: str, config: WebConfig) -> str | None:
+  """The first filter of :data:`FILTERS` that drops a whole document (document mode, [BF] §2
+  step 1: "as [HB] but over whole cleaned documents"), except ``duplicate``.
+
+  Only the filters that judge the text apply: ``length`` (with the document bounds
+  ``config.doc_min_chars``/``config.doc_max_chars``, not the segment ones), ``non_english`` and
+  ``repetitive`` (the same heuristics and thresholds as for segments). The header filters
+  (``empty_header``, ``uppercase_header``, ``nav_header``) judge the header that roots a
+  segment; a document has none (its ``header`` is the page title, metadata that the backward
+  model never sees), so they never fire; nor does ``contained`` (one record per page).
+
+  Args:
+    text: the document's main text; its length is measured in characters.
+    config: thresholds (:class:`~humpback_jax.data.web.WebConfig`).
+
+  Returns:
+    ``"length"``, ``"non_english"``, ``"repetitive"``, or ``None`` if the document passes.
+  """
+  n = len(text)
+  if n < config.doc_min_chars or (config.doc_max_chars is not None and n > config.doc_max_chars):
+    return "length"
+  if not is_english(text, config.min_ascii_letter_frac, config.min_stopword_frac):
+    return "non_english"
+  if is_repetitive(text, config.ngram, config.jaccard_threshold):
+    return "repetitive"
+  return None
+
+
+def decide_document(text: str, config: WebConfig, seen_text: set[bytes]) -> str | None:
+  """Drop reason (or ``None``: kept) of one whole document: :func:`document_filter_reason`,
+  then ``duplicate`` (the same text already seen in the corpus; its SHA-1 is added to
+  ``seen_text`` only when it passed the other filters, as for segments).
+
+  Args:
+    text: the document's main text.
+    config: thresholds.
+    seen_text: digests of texts seen so far; updated.
+
+  Returns:
+    The first failing filter's name, or ``None``.
+  """
+  reason = document_filter_reason(text, config)
+  if reason is None and _seen_before(text, seen_text):
+    reason = "duplicate"
+  return reason
