@@ -29,18 +29,13 @@ Pipeline, one document at a time, in a deterministic order:
    its parent's), the inner one is dropped as ``contained`` and the outer, header-rooted one
    kept, so no kept text is repeated inside another.
 
-**Document mode** (``WebConfig.unit="documents"``, [BF] §2 step 1: "as [HB] but over whole
-cleaned documents ..., no header segmentation"): steps 0-2 are the same; step 3 is replaced by
-one record per page whose text is trafilatura's whole main text (``web_extract.document_text``:
-every block, headers included, no title added), and step 4 applies the filters that judge the
-text (``web_filters.decide_document``: ``length`` with the document bounds ``doc_min_chars`` /
-``doc_max_chars``, ``non_english``, ``repetitive``, then ``duplicate``); the header filters and
-``contained`` do not apply (their counters stay 0). [BF]'s other cut, documents whose backward
-prompt exceeds the context limit (~25% dropped), needs the tokenizer and the prompt, so it is a
-separate step: ``documents.drop_over_context``.
+**Document mode** (``WebConfig.unit="documents"``, [BF] §2 step 1): steps 0-2 are the same;
+step 3 is replaced by one record per page (its whole main text) and step 4 applies the filters
+that judge the text; see ``web_documents``.
 
-Modules: ``web_decode`` (charsets), ``web_read`` (readers), ``web_extract`` (trafilatura,
-segmentation), ``web_filters`` (filters); their public names are re-exported here.
+Modules: ``web_config`` (:class:`WebConfig`), ``web_decode`` (charsets), ``web_read``
+(readers), ``web_extract`` (trafilatura, segmentation), ``web_filters`` (filters),
+``web_documents`` (document mode); their public names are re-exported here.
 All lengths are in characters (Python ``str`` code points), the unit of [HB] App. E; sizes of
 files are in bytes.
 """
@@ -59,8 +54,11 @@ from typing import Any, Iterator
 
 from humpback_jax import paths
 from humpback_jax.errors import InputError
+from humpback_jax.data.web_config import DEFAULT_SOURCES, UNITS, WebConfig  # noqa: F401
 from humpback_jax.data.web_decode import (  # noqa: F401  (re-exports)
     GUESS_METHODS, Decoded, UndecodableError, decode_html, decode_html_ex)
+from humpback_jax.data.web_documents import (  # noqa: F401
+    DOCUMENT_ID_SUFFIX, document_html, judge_document)
 from humpback_jax.data.web_extract import (  # noqa: F401
     BLOCK_SEPARATOR, MAX_HTML_DEPTH, Block, Segment, cap_html_depth, document_text,
     extract_blocks, segment_blocks)
@@ -74,22 +72,6 @@ from humpback_jax.data.web_read import (  # noqa: F401
     iter_documents, iter_html_file, iter_tar, log, source_problem)
 from humpback_jax.data.web_warc import iter_warc  # noqa: F401
 
-# Values of ``WebConfig.unit``: header segments ([HB]) or whole documents ([BF]).
-UNITS: tuple[str, ...] = ("segments", "documents")
-
-# Document-mode ids are ``<doc_id>#doc``: stable (the reader's document id) and never equal to a
-# segment id ``<doc_id>#<n>``, which ends in digits.
-DOCUMENT_ID_SUFFIX = "#doc"
-
-# The four real inputs of ``../shared/data/web`` (see its README), relative to the data root.
-DEFAULT_SOURCES: tuple[str, ...] = (
-    "web/scrapinghub_aeb_181_news_html.tar",
-    "web/postlight_parser_fixtures_171.tar.gz",
-    "web/trafilatura_tests_en_178_pages.tar.gz",
-    "web/warc/ukwa_IAH_blackbook_truncated.warc.gz",
-)
-
-
 class WebInputError(InputError):
   """A bad web source or a corpus from which nothing usable could be read; the message names
   the source(s) and what is wrong. ``stats``: the build's stats when raised after reading
@@ -98,99 +80,6 @@ class WebInputError(InputError):
   def __init__(self, message: str, stats: dict | None = None):
     super().__init__(message)
     self.stats = stats
-
-
-@dataclasses.dataclass(frozen=True)
-class WebConfig:
-  """Configuration of :func:`build_segments`.
-
-  Attributes:
-    unit: what one record is: ``"segments"`` (header-rooted segments, [HB] §2.1; the default)
-      or ``"documents"`` (the whole main text of each page, [BF] §2 step 1; see the module
-      docstring). The segment-only fields (``min_chars``, ``max_chars``, ``nav_blocklist``,
-      ``title_as_h1``) do not apply to documents, the ``doc_*`` fields only to documents.
-    sources: inputs, relative to the data root (absolute paths are used as given): directories,
-      ``.html``/``.htm``(``.gz``) files, ``.tar``/``.tar.gz``/``.tgz`` archives, ``.warc``(``.gz``)
-      files. Defaults to the four real files of ``web/`` (data README).
-    min_chars: shortest kept segment text, characters ([HB] App. E: 600).
-    max_chars: longest kept segment text, characters ([HB] App. E: 3,000).
-    doc_min_chars: shortest kept document text, characters, document mode ([BF]: not reported;
-      our choice: 600, [HB]'s segment minimum, so that no document is shorter than the
-      shortest [HB] response).
-    doc_max_chars: longest kept document text, characters, document mode (``None``: no limit).
-      [BF] has no character bound: its upper cut is the backward model's context (see
-      ``documents.drop_over_context``, in tokens). Our choice: 100,000, a guard only, far above
-      any prompt budget of this project (a 4,096-token LLaMA-2 context holds ~16K characters of
-      English), which keeps the quadratic repetition filter bounded on pathological pages.
-    ngram: word n-gram order of the repetitive-sentence filter (not reported; our choice: 3).
-    jaccard_threshold: a segment is repetitive if any two of its sentences have n-gram Jaccard
-      similarity >= this (not reported; our choice: 0.5, i.e. half of the distinct n-grams of
-      the pair shared).
-    nav_blocklist: navigation/boilerplate header phrases ([HB] App. E examples + our list).
-    max_segments: stop once this many records (segments, or documents in document mode) are
-      kept (``None``: no limit).
-    max_documents: stop after this many documents have been read, counted over all sources in
-      order (``None``: no limit). Failed documents do not count.
-    min_ascii_letter_frac: English heuristic: least share of ASCII letters among all letters of
-      the text (not reported; our choice: 0.9; accented Latin text passes, CJK/Cyrillic fails).
-    min_stopword_frac: English heuristic: least share of words (``[a-z']+`` tokens) that are
-      common English function words (not reported; our choice: 0.2; measured on the pages of
-      ``web/``: English segments have a median of 0.40 and a 10th percentile of 0.33, German,
-      French, Spanish, Italian, Portuguese and Indonesian ones 0.0-0.12; English tables and
-      lists of numbers, e.g. nutrition facts, also fall below 0.2).
-    title_as_h1: when the extracted body has no ``h1``, the page title (trafilatura metadata)
-      becomes a level-1 header over the whole body (our choice, as the title is the page's h1 in
-      most layouts).
-    include_tables: keep tables in the extracted text (trafilatura ``include_tables``; our
-      choice: True, rows rendered as ``a | b`` lines).
-    favor_precision: trafilatura ``favor_precision`` (our choice: False; on the scrapinghub
-      ground truth the default mode has token F1 ~0.965).
-    num_workers: extraction processes (1: in-process). Output is identical for any value.
-    max_document_bytes: larger documents (bytes, after gunzip; ``None``: no limit) are not read
-      and fail as ``too_large`` (our choice: 10 MiB = 10,485,760 bytes; the largest page of
-      ``web/`` is far smaller, and trafilatura's time grows with page size).
-  """
-
-  sources: tuple[str, ...] = DEFAULT_SOURCES
-  unit: str = "segments"
-  min_chars: int = 600
-  max_chars: int = 3000
-  doc_min_chars: int = 600
-  doc_max_chars: int | None = 100_000
-  ngram: int = 3
-  jaccard_threshold: float = 0.5
-  nav_blocklist: tuple[str, ...] = NAV_BLOCKLIST
-  max_segments: int | None = None
-  max_documents: int | None = None
-  min_ascii_letter_frac: float = 0.9
-  min_stopword_frac: float = 0.2
-  title_as_h1: bool = True
-  include_tables: bool = True
-  favor_precision: bool = False
-  num_workers: int = 1
-  max_document_bytes: int | None = 10 * 1024 * 1024
-
-  def __post_init__(self):
-    if isinstance(self.sources, (str, os.PathLike)):
-      raise TypeError("WebConfig.sources must be a tuple of paths, not one path")
-    object.__setattr__(self, "sources", tuple(str(s) for s in self.sources))
-    object.__setattr__(self, "nav_blocklist", tuple(self.nav_blocklist))
-    if self.unit not in UNITS:
-      raise ValueError(f"WebConfig.unit must be one of {UNITS}, got {self.unit!r}")
-    if self.doc_min_chars < 0 or (self.doc_max_chars is not None
-                                  and self.doc_max_chars < self.doc_min_chars):
-      raise ValueError("need 0 <= doc_min_chars <= doc_max_chars (or doc_max_chars None), got "
-                       f"{self.doc_min_chars}, {self.doc_max_chars}")
-    if not 0 <= self.min_chars <= self.max_chars:
-      raise ValueError(f"need 0 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
-    if self.ngram < 1:
-      raise ValueError(f"ngram must be >= 1, got {self.ngram}")
-    if not 0.0 < self.jaccard_threshold <= 1.0:
-      raise ValueError(f"jaccard_threshold must be in (0, 1], got {self.jaccard_threshold}")
-    if self.num_workers < 1:
-      raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-    if self.max_document_bytes is not None and self.max_document_bytes < 1:
-      raise ValueError(f"max_document_bytes must be >= 1 or None, got {self.max_document_bytes}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,31 +166,6 @@ def segment_html(html: str, config: WebConfig | None = None) -> list[Segment]:
   return segment_blocks(blocks, title, config.title_as_h1)
 
 
-def document_html(html: str, config: WebConfig | None = None) -> tuple[str | None, str] | None:
-  """Extracts one page as a whole document (no filtering); see ``extract_blocks`` and
-  ``document_text``. Pages deeper than :data:`MAX_HTML_DEPTH` elements are flattened first.
-
-  Args:
-    html: the page.
-    config: extraction options (default ``WebConfig()``; ``unit`` is not read).
-
-  Returns:
-    ``(title, text)`` (``title`` ``None`` when trafilatura found none), or ``None`` if
-    trafilatura finds no main content.
-
-  Raises:
-    Whatever trafilatura raises on pathological input.
-  """
-  config = config or WebConfig()
-  extracted = extract_blocks(cap_html_depth(html)[0], include_tables=config.include_tables,
-                             favor_precision=config.favor_precision)
-  if extracted is None:
-    return None
-  title, blocks = extracted
-  text = document_text(blocks)
-  return (title, text) if text else None
-
-
 def _documents(config: WebConfig, resolved: list[pathlib.Path],
                counts: ReadCounts) -> Iterator[tuple[str, str, str]]:
   """``(source, doc_id, html)`` over all sources, at most ``config.max_documents``."""
@@ -317,6 +181,19 @@ def _documents(config: WebConfig, resolved: list[pathlib.Path],
                             f"{type(e).__name__}: {e}") from e
 
   return itertools.islice(gen(), config.max_documents)
+
+
+def _judge_segments(src: str, doc_id: str, segments: list[Segment], config: WebConfig,
+                    seen_text: set[bytes]) -> Iterator[tuple[str | None, dict | None]]:
+  """``(reason, record)`` per segment of one page, in order: the first failing filter
+  (``decide_segments``) and ``None``, or ``None`` and the segment's record."""
+  for seg, reason in zip(segments, decide_segments(segments, config, seen_text)):
+    if reason is not None:
+      yield reason, None
+    else:
+      yield None, {"id": f"{doc_id}#{seg.index}", "source": src, "doc_id": doc_id,
+                   "header": seg.header, "level": seg.level, "text": seg.text,
+                   "chars": len(seg.text)}
 
 
 def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None,
@@ -424,33 +301,18 @@ def build_segments(config: WebConfig, data_root: str | os.PathLike | None = None
           stats["documents_no_content"] += 1
           continue
         if as_documents:
-          stats["segments_before_filters"] += 1
-          title, text = payload
-          reason = decide_document(text, config, seen_text)
-          if reason is not None:
-            dropped[reason] += 1
-          else:
-            kept.append({"id": doc_id + DOCUMENT_ID_SUFFIX, "source": src, "doc_id": doc_id,
-                         "header": title, "level": 0, "text": text, "chars": len(text)})
-            per_source[src]["kept"] += 1
-            stopped_early = (config.max_segments is not None
-                             and len(kept) >= config.max_segments)
-          if bar is not None:
-            bar.set_postfix(kept=len(kept))
-          if stopped_early:
-            break
-          continue
-        if not payload:
+          judged = [judge_document(src, doc_id, *payload, config, seen_text)]
+        elif not payload:
           stats["documents_no_headers"] += 1
           continue
-        for seg, reason in zip(payload, decide_segments(payload, config, seen_text)):
+        else:
+          judged = _judge_segments(src, doc_id, payload, config, seen_text)
+        for reason, record in judged:
           stats["segments_before_filters"] += 1
           if reason is not None:
             dropped[reason] += 1
             continue
-          kept.append({"id": f"{doc_id}#{seg.index}", "source": src, "doc_id": doc_id,
-                       "header": seg.header, "level": seg.level, "text": seg.text,
-                       "chars": len(seg.text)})
+          kept.append(record)
           per_source[src]["kept"] += 1
           if config.max_segments is not None and len(kept) >= config.max_segments:
             stopped_early = True
