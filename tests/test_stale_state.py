@@ -164,3 +164,25 @@ def test_manifest_counts_each_stages_xla_compilations(tmp_path):
   assert on_disk.stage("j")["compile_seconds"] > 0
   assert on_disk.stage("j")["compile_cache_hits"] == 0
   assert on_disk.stage("a")["compilations"] == 0
+
+
+def test_a_field_added_later_enters_the_fingerprint_only_when_set(tmp_path):
+  """``Stage.config_keys_if_set``: an existing run stays up to date after a new field (here
+  ``backward_template``) appears with its default; setting it reruns the stage."""
+  (tmp_path / "lima.jsonl").write_text("v1\n")
+  stage = Stage("e", (), ("e.txt",), _copy(None, "e.txt"), ("eval_file",),
+                config_keys_if_set=("backward_template",))
+
+  def run(config):
+    ctx = RunContext(tmp_path / "run", config, progress=False)
+    return run_stage(ctx, Manifest(ctx.run_dir), stage, producers={})
+
+  cfg = _config(tmp_path)
+  assert run(cfg)
+  parts = Manifest(tmp_path / "run").stage("e")["fingerprint"]
+  assert "config.backward_template" not in parts
+  assert not run(cfg)
+  assert run(dataclasses.replace(cfg, backward_template="llama2"))
+  assert "config.backward_template" in Manifest(tmp_path / "run").stage("e")["fingerprint"]
+  assert not run(dataclasses.replace(cfg, backward_template="llama2"))
+  assert run(cfg)  # back to the default: changed again

@@ -477,3 +477,21 @@ def test_exact_batch_examples_do_not_depend_on_the_row_multiple(tok, seed_path, 
       assert _example_list(steps[m][i]) == ref
   assert runs[8].stats["mean_examples_per_batch"] == 3.0
   assert runs[1].stats["exact_batch"] is True
+
+
+def test_backward_llama2_kind_renders_the_paper_prompt(tok, seed_path):
+  """direction "backward_llama2": [BF]'s backward prompt as the paper prints it (Llama-2
+  [INST] format, whatever the tokenizer's chat template), typed here by hand."""
+  task = tasks.backward_task("test_seed_bwd_llama2", seed_path, tok, kind="backward_llama2")
+  inputs, targets = iterator.tokenized_examples(task)
+  r = RECORDS[0]
+  want = ("[INST] Below is a candidate answer to a question or instruction from an user. Write "
+          "the most likely question to which the text below would be a great answer.\n\n"
+          f"{r['response'].strip()}\n\nAnswer in the style of an AI Assistant. [/INST]")
+  assert tok.decode(list(inputs[0])) == want
+  assert tasks.backward_prompt_for("backward_llama2", tok, r["response"]) == want
+  assert list(targets[0]) == tok.encode(r["instruction"], add_bos=False)
+  # the default kind is unchanged: the tokenizer's chat template around the same words
+  assert tasks.backward_prompt_for("backward", tok, "y") == templates.backward_prompt(tok, "y")
+  with pytest.raises(ValueError, match="backward kind"):
+    tasks.backward_prompt_for("forward", tok, "y")

@@ -51,8 +51,8 @@ def _resolve_task(task: str | os.PathLike | seqio.Task, tokenizer: Tokenizer, ki
   if fs.path(task).exists():  # local or gs://
     key = hashlib.sha1(f"{fs.path(task)}|{kind}|{list(default_tags)}".encode())
     name = f"jsonl_{kind}_{key.hexdigest()[:12]}"
-    if kind == "backward":
-      return backward_task(name, task, tokenizer)
+    if kind != "forward":
+      return backward_task(name, task, tokenizer, kind)
     return forward_task(name, [JsonlSource(task, tuple(default_tags))], tokenizer)
   raise ValueError(f"{task!r} is neither a registered seqio task nor an existing JSONL file")
 

@@ -248,10 +248,34 @@ def render_forward(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> tf.data.Da
   return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def render_backward(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> tf.data.Dataset:
-  """Preprocessor: ``inputs`` = backward prompt of the response, ``targets`` = instruction."""
+# Training directions (kinds of task) -> the backward template they render
+# (``bft.templates.bf_backward_prompt``): "backward" wraps [BF]'s backward words in the
+# tokenizer's chat template ("hb", the default); "backward_llama2" renders them exactly as [BF]
+# prints them, in Llama-2's ``[INST] ... [/INST]`` format ("bf").
+BACKWARD_KINDS = {"backward": "hb", "backward_llama2": "bf"}
+KINDS = ("forward",) + tuple(BACKWARD_KINDS)
+
+
+def backward_prompt_for(kind: str, tokenizer: Tokenizer, response: str) -> str:
+  """The backward prompt a model of training direction ``kind`` is trained and sampled with.
+
+  Raises:
+    ValueError: ``kind`` is not a backward kind.
+  """
+  if kind not in BACKWARD_KINDS:
+    raise ValueError(f"backward kind must be one of {tuple(BACKWARD_KINDS)}, got {kind!r}")
+  from humpback_jax.bft.templates import bf_backward_prompt  # pylint: disable=g-import-not-at-top
+  return bf_backward_prompt(tokenizer, response, template=BACKWARD_KINDS[kind])
+
+
+def render_backward(dataset: tf.data.Dataset, tokenizer: Tokenizer,
+                    kind: str = "backward") -> tf.data.Dataset:
+  """Preprocessor: ``inputs`` = backward prompt of the response (``backward_prompt_for``
+  ``kind``), ``targets`` = instruction."""
+  backward_prompt_for(kind, tokenizer, "")  # fail early on an unknown kind
+
   def render(y) -> bytes:
-    return templates.backward_prompt(tokenizer, _py_str(y)).encode()
+    return backward_prompt_for(kind, tokenizer, _py_str(y)).encode()
 
   def fn(ex):
     prompt = tf.numpy_function(render, [ex["response"]], tf.string, stateful=False)
@@ -262,11 +286,12 @@ def render_backward(dataset: tf.data.Dataset, tokenizer: Tokenizer) -> tf.data.D
 
 def _register(name: str, kind: str, sources: Sequence[JsonlSource], tokenizer: Tokenizer
               ) -> seqio.Task:
-  if kind not in ("forward", "backward"):
-    raise ValueError(f"kind must be 'forward' or 'backward', got {kind!r}")
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   sources = tuple(JsonlSource(os.fspath(s.path), tuple(s.default_tags)) for s in sources)
   vocab = TokenizerVocabulary(tokenizer)
-  render = render_forward if kind == "forward" else render_backward
+  render = (render_forward if kind == "forward" else
+            functools.partial(render_backward, kind=kind))
   seqio.TaskRegistry.remove(name)  # re-registration safe
   return seqio.TaskRegistry.add(
       name,
@@ -292,10 +317,11 @@ def forward_task(name: str, sources: Sequence[JsonlSource | tuple[str, Sequence[
                                      for s in sources], tokenizer)
 
 
-def backward_task(name: str, jsonl_path: str | os.PathLike, tokenizer: Tokenizer
-                  ) -> seqio.Task:
-  """Registers (replacing any previous) the backward task (response -> instruction)."""
-  return _register(name, "backward", [JsonlSource(os.fspath(jsonl_path))], tokenizer)
+def backward_task(name: str, jsonl_path: str | os.PathLike, tokenizer: Tokenizer,
+                  kind: str = "backward") -> seqio.Task:
+  """Registers (replacing any previous) the backward task (response -> instruction) with the
+  backward template of ``kind`` (``BACKWARD_KINDS``)."""
+  return _register(name, kind, [JsonlSource(os.fspath(jsonl_path))], tokenizer)
 
 
 def register_humpback_tasks(tokenizer: Tokenizer, seed_jsonl: str | os.PathLike,

@@ -134,6 +134,10 @@ class PipelineConfig:
       evaluation: judging is a later stage.
     final_max_new_tokens: answer budget of those samples (tokens).
     eval_file: AlpacaEval instructions, relative to the data root.
+    backward_template: the backward model's prompt, in training and in self-augmentation:
+      "chat" -- [BF]'s backward words in the tokenizer's chat template; "llama2" -- [BF]'s prompt
+      exactly as the paper prints it, in Llama-2's ``[INST] ... [/INST]`` format
+      (``bft.templates``; the paper's backward model is a fine-tuned Llama-2 base model).
     evaluation: the evaluation stages (answers, judge, curation quality, analyses); none
       unless ``EvalConfig.models`` names models (``configs/eval_demo.gin``).
   """
@@ -153,6 +157,12 @@ class PipelineConfig:
   final_max_new_tokens: int = 256
   eval_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
   evaluation: EvalConfig = EvalConfig()
+  backward_template: str = "chat"
+
+  def __post_init__(self):
+    if self.backward_template not in ("chat", "llama2"):
+      raise ValueError(f"PipelineConfig.backward_template={self.backward_template!r}: "
+                       "expected 'chat' or 'llama2'")
 
 
 for _cls in (BaseModelConfig, GenerationConfig, PipelineConfig, CurationConfig, SeedConfig,

@@ -83,6 +83,12 @@ def stage_fingerprint(ctx, stage, producers: dict[str, str], manifest) -> dict[s
   """
   config = dataclasses.asdict(ctx.config)
   parts = {f"config.{k}": _digest(config[k]) for k in stage.config_keys}
+  # Fields added after runs exist: part of the fingerprint only when set to a non-default
+  # value, so that adding one does not make every existing run stale.
+  defaults = {f.name: f.default for f in dataclasses.fields(ctx.config)}
+  for k in getattr(stage, "config_keys_if_set", ()):
+    if config[k] != defaults.get(k, dataclasses.MISSING):
+      parts[f"config.{k}"] = _digest(config[k])
   if stage.uses_base_model:
     parts["base_model"] = _digest(ctx.base_model_id)
   for rel in stage.external_files(ctx.config):

@@ -38,6 +38,8 @@ class Stage:
     external_files: ``config -> paths`` of the inputs it reads outside the run (relative to
       the data root), part of the fingerprint by content.
     partials: resumable partial files; discarded when the stage reruns from other inputs.
+    config_keys_if_set: scalar ``PipelineConfig`` fields it reads that enter its fingerprint
+      only when set to a non-default value (fields added after runs exist).
   """
 
   name: str
@@ -48,6 +50,7 @@ class Stage:
   uses_base_model: bool = False
   external_files: Callable[..., tuple[str, ...]] = _no_files
   partials: tuple[str, ...] = ()
+  config_keys_if_set: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- data stages
@@ -122,11 +125,17 @@ def _load_trained(ctx: RunContext, name: str):
                       ctx.runtime.param_shardings(model_cfg))
 
 
+def _backward_kind(ctx: RunContext) -> str:
+  """The training direction of M_yx for ``PipelineConfig.backward_template``."""
+  return {"chat": "backward", "llama2": "backward_llama2"}[ctx.config.backward_template]
+
+
 def train_backward(ctx: RunContext) -> dict:
   seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
   records = [{"id": r["id"], "instruction": r["instruction"], "response": r["response"],
               "tags": []} for r in seed]
-  return _train(ctx, "M_yx", records, "backward", ctx.config.backward_train)
+  return dict(_train(ctx, "M_yx", records, _backward_kind(ctx), ctx.config.backward_train),
+              backward_template=ctx.config.backward_template)
 
 
 def _seed_records(ctx) -> list[dict]:
@@ -190,6 +199,7 @@ def augment(ctx: RunContext) -> dict:
   a question or an imperative) is reported.
   """
   from humpback_jax.data.instructions import looks_like_instruction
+  from humpback_jax.data.tasks import backward_prompt_for
   from humpback_jax.sample.sampling import Sampling
   cfg = ctx.config.augment
   segments = jsonl.read_jsonl(ctx.run_dir / "data/segments.jsonl")
@@ -202,7 +212,8 @@ def augment(ctx: RunContext) -> dict:
   with jsonl.JsonlAppender(partial) as out:
     chunks = list(jsonl.pending_chunks(segments, out.done_ids, cfg.chunk_size))
     for _, chunk in _progress(ctx, chunks, "augment (chunks)"):
-      prompts = [templates.backward_prompt(ctx.tokenizer, s["text"]) for s in chunk]
+      prompts = [backward_prompt_for(_backward_kind(ctx), ctx.tokenizer, s["text"])
+                 for s in chunk]
       texts, finished = sampler.generate_texts(
           params, prompts, max_new_tokens=cfg.max_new_tokens, strategy=strategy,
           seed=ctx.config.seed_value, keys=[s["id"] for s in chunk], return_finished=True)
@@ -362,9 +373,10 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
       Stage("prepare_web", (), ("data/segments.jsonl",), prepare_web, ("web",),
             external_files=_web_files),
       Stage("train_backward", ("data/seed.jsonl",), ("models/M_yx/params",), train_backward,
-            ("backward_train",) + train, True),
+            ("backward_train",) + train, True, config_keys_if_set=("backward_template",)),
       Stage("augment", ("data/segments.jsonl", "models/M_yx/params"), ("data/candidates.jsonl",),
-            augment, ("augment",) + train, True, partials=("data/candidates.partial.jsonl",)),
+            augment, ("augment",) + train, True, partials=("data/candidates.partial.jsonl",),
+            config_keys_if_set=("backward_template",)),
       Stage("train_M0", ("data/seed.jsonl",), ("models/M0/params",), train_forward(0),
             ("forward_train",) + train, True),
   ]

@@ -98,7 +98,8 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
     train_file: JSONL of ``{"id", "instruction", "response", "tags"}``. With
       ``train_config.eval_examples = k > 0``, k of its examples are held out of training and
       evaluated every ``train_config.eval_every`` steps (``data.iterator.make_train_iterator``).
-    direction: "forward" (M0/M1/M2) or "backward" (M_yx).
+    direction: "forward" (M0/M1/M2), or "backward" / "backward_llama2" (M_yx, with the
+      backward template of ``data.tasks.BACKWARD_KINDS``).
     train_config: ``train.config.TrainConfig``.
     model_dir: output directory (``ckpt/`` and ``params/`` inside).
     seed: data-order (and held-out split) seed.
@@ -127,8 +128,9 @@ def fine_tune(*, model_config, base_params, tokenizer, train_file: str, directio
       e.g. "training data changed: sha256 3a7bd3e2360a… -> 9f86d081884c…".
     NonFiniteLossError (a RuntimeError): the loss diverged (``train.loop.train``).
   """
-  if direction not in ("forward", "backward"):
-    raise ValueError(f"direction must be forward or backward, got {direction!r}")
+  from humpback_jax.data.tasks import KINDS
+  if direction not in KINDS:
+    raise ValueError(f"direction must be one of {KINDS}, got {direction!r}")
   check_on_mismatch(on_mismatch)
   if train_config.eval_every and not train_config.eval_examples:
     raise ValueError(f"eval_every={train_config.eval_every} needs held-out examples: set "
