@@ -122,6 +122,32 @@ def test_schedule_ends_exactly_at_9e6():
   assert float(w(9)) == pytest.approx(9e-6, rel=1e-6)
 
 
+def test_cosine_schedule_hand_computed():
+  """[BF] §2's cosine schedule: lr(k) = end + (peak - end) (1 + cos(pi k / K)) / 2, K = the
+  last step; the peak at step 0 and the end rate exactly at the last step."""
+  cfg = TrainConfig(num_steps=101, learning_rate=1e-5, end_learning_rate=1e-6,
+                    lr_schedule="cosine")
+  lr = learning_rate_schedule(cfg)
+  for k in (0, 1, 25, 50, 99, 100):
+    want = 1e-6 + (1e-5 - 1e-6) * (1 + np.cos(np.pi * k / 100)) / 2
+    np.testing.assert_allclose(float(lr(k)), want, rtol=1e-5)
+  assert "lr_schedule" in cfg.math_dict()
+  assert "lr_schedule" not in TrainConfig(num_steps=5).math_dict()
+  with pytest.raises(ValueError, match="lr_schedule"):
+    TrainConfig(num_steps=5, lr_schedule="step")
+
+
+def test_config_fields_added_later_leave_digests_unchanged():
+  import dataclasses as dc
+
+  from humpback_jax.pipeline import fingerprints
+  d = fingerprints.config_dict(TrainConfig(num_steps=5))
+  assert "lr_schedule" not in d and set(d) == {f.name for f in dc.fields(TrainConfig)} - {
+      "lr_schedule"}
+  assert fingerprints.config_dict(TrainConfig(num_steps=5, lr_schedule="cosine"))[
+      "lr_schedule"] == "cosine"
+
+
 def test_weighted_cross_entropy():
   logits = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 7))
   targets = jnp.array([[1, 2, 3, 4, 5], [6, 0, 1, 2, 3]])

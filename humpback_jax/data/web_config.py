@@ -77,11 +77,14 @@ class WebConfig:
   """
 
   sources: tuple[str, ...] = DEFAULT_SOURCES
-  unit: str = "segments"
+  # Fields added after runs exist carry ``{"fingerprint": "if_set"}`` (pipeline.fingerprints.
+  # IF_SET): at their defaults they leave a run's fingerprints unchanged.
+  unit: str = dataclasses.field(default="segments", metadata={"fingerprint": "if_set"})
   min_chars: int = 600
   max_chars: int = 3000
-  doc_min_chars: int = 600
-  doc_max_chars: int | None = 100_000
+  doc_min_chars: int = dataclasses.field(default=600, metadata={"fingerprint": "if_set"})
+  doc_max_chars: int | None = dataclasses.field(default=100_000,
+                                                metadata={"fingerprint": "if_set"})
   ngram: int = 3
   jaccard_threshold: float = 0.5
   nav_blocklist: tuple[str, ...] = NAV_BLOCKLIST

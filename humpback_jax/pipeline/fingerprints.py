@@ -70,6 +70,29 @@ def file_digest(path: str | os.PathLike) -> str:
     return f"unreadable: {e.strerror or e}"
 
 
+# ``dataclasses.field(metadata=IF_SET)``: a config field added after runs exist; it enters a
+# stage's config digest only when set to a non-default value, so adding it does not make every
+# existing run stale.
+IF_SET = {"fingerprint": "if_set"}
+
+
+def config_dict(obj: Any) -> Any:
+  """``dataclasses.asdict`` of a config without its ``IF_SET`` fields at their defaults."""
+  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    out = {}
+    for f in dataclasses.fields(obj):
+      value = getattr(obj, f.name)
+      if f.metadata.get("fingerprint") == "if_set" and value == f.default:
+        continue
+      out[f.name] = config_dict(value)
+    return out
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(config_dict(v) for v in obj)
+  if isinstance(obj, dict):
+    return {k: config_dict(v) for k, v in obj.items()}
+  return obj
+
+
 def stage_fingerprint(ctx, stage, producers: dict[str, str], manifest) -> dict[str, str]:
   """The current fingerprint parts of ``stage`` (see the module docstring).
 
@@ -81,13 +104,13 @@ def stage_fingerprint(ctx, stage, producers: dict[str, str], manifest) -> dict[s
   Returns:
     ``{part name: digest}``.
   """
-  config = dataclasses.asdict(ctx.config)
+  config = config_dict(ctx.config)
   parts = {f"config.{k}": _digest(config[k]) for k in stage.config_keys}
   # Fields added after runs exist: part of the fingerprint only when set to a non-default
   # value, so that adding one does not make every existing run stale.
   defaults = {f.name: f.default for f in dataclasses.fields(ctx.config)}
   for k in getattr(stage, "config_keys_if_set", ()):
-    if config[k] != defaults.get(k, dataclasses.MISSING):
+    if k in config and config[k] != defaults.get(k, dataclasses.MISSING):
       parts[f"config.{k}"] = _digest(config[k])
   if stage.uses_base_model:
     parts["base_model"] = _digest(ctx.base_model_id)

@@ -11,7 +11,7 @@ from humpback_jax.sharding import MeshConfig
 MATH_FIELDS = ("learning_rate", "end_learning_rate", "warmup_steps", "weight_decay",
                "dropout_rate", "batch_size", "num_steps", "sequence_length", "adam_b1",
                "adam_b2", "adam_eps", "grad_clip", "seed", "eval_examples", "micro_batches",
-               "param_rounding")
+               "param_rounding", "lr_schedule")
 # Not math fields, like ``remat_policy``: ``attention_impl``, ``attention_chunk_size`` and
 # ``scan_layers`` choose how the same function is executed (memory, speed, compile time). The
 # kernels differ only in rounding order (float64: ~1e-15 relative, tests/test_attention.py),
@@ -74,6 +74,8 @@ class TrainConfig:
       and normalising by the step's total target tokens, so the update equals one pass over
       the whole batch while activations shrink by this factor. A math field only because
       dropout masks are drawn per micro-batch.
+    lr_schedule: "linear" ([HB] §3.1: 1e-5 -> 9e-6 linearly) or "cosine" ([BF] §2: a cosine
+      decay from ``learning_rate`` to ``end_learning_rate``; [BF] does not give the final rate).
     param_rounding: how the update is added to bfloat16 parameters (``train/rounding.py``):
       "nearest" (default) or "stochastic" (unbiased; needed when bfloat16 weights train at
       lr ~1e-5, whose updates round-to-nearest mostly loses). float32 parameters are
@@ -108,12 +110,17 @@ class TrainConfig:
   scan_layers: bool = True
   micro_batches: int = 1
   param_rounding: str = "nearest"
+  # (metadata: fingerprints.IF_SET, written out to avoid importing the pipeline here)
+  lr_schedule: str = dataclasses.field(default="linear", metadata={"fingerprint": "if_set"})
   keep_train_state: bool = False
 
   def __post_init__(self):
     if self.micro_batches < 1:
       raise ValueError(f"TrainConfig.micro_batches must be >= 1, got {self.micro_batches}")
     from humpback_jax.train.rounding import PARAM_ROUNDINGS
+    if self.lr_schedule not in ("linear", "cosine"):
+      raise ValueError(f"TrainConfig.lr_schedule={self.lr_schedule!r}: expected 'linear' or "
+                       "'cosine'")
     if self.param_rounding not in PARAM_ROUNDINGS:
       raise ValueError(f"TrainConfig.param_rounding={self.param_rounding!r}: expected one of "
                        f"{list(PARAM_ROUNDINGS)}")
@@ -156,6 +163,8 @@ class TrainConfig:
     out = {k: getattr(self, k) for k in MATH_FIELDS}
     if out["param_rounding"] == "nearest":
       del out["param_rounding"]
+    if out["lr_schedule"] == "linear":
+      del out["lr_schedule"]
     return out
 
 

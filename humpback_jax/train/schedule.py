@@ -9,7 +9,8 @@ from humpback_jax.train.config import TrainConfig
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-  """Linear decay from ``learning_rate`` to ``end_learning_rate``, hit exactly at the last step.
+  """Linear (or, ``lr_schedule="cosine"``, cosine) decay from ``learning_rate`` to
+  ``end_learning_rate``, hit exactly at the last step.
 
   [HB] §3.1: "lr 1e-5 which linearly decays to 9e-6 at the end of training". The decay is over
   ``num_steps - 1 - warmup_steps`` transitions, so step 0 (after warm-up) uses 1e-5 and the last
@@ -21,7 +22,12 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
     ``step (int) -> float32 learning rate``; optax evaluates it at the update's 0-based index.
   """
   decay_steps = max(cfg.num_steps - 1 - cfg.warmup_steps, 1)
-  decay = optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate, decay_steps)
+  if cfg.lr_schedule == "cosine":  # [BF] §2; alpha: the end rate as a fraction of the peak
+    decay = optax.cosine_decay_schedule(
+        cfg.learning_rate, decay_steps, alpha=cfg.end_learning_rate / cfg.learning_rate
+        if cfg.learning_rate else 0.0)
+  else:
+    decay = optax.linear_schedule(cfg.learning_rate, cfg.end_learning_rate, decay_steps)
   if cfg.warmup_steps == 0:
     return decay
   warmup = optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
