@@ -58,13 +58,29 @@ class BFConfig:
     distill: the sources whose instructions the aligned model answers with no draft
       ([BF]'s distillation control; "curated": filter + distill).
     rewriter: the aligned model and its decoding.
+    variants: models trained on seed + one dataset each ([BF] §4; ``bft.stages.VARIANTS``):
+      "filter" (A_k as is), "rewrite" (every candidate rewritten), "filter_rewrite" (A_k
+      rewritten), "filter_distill" (A_k's instructions, the aligned model's answers). Each
+      trains with ``PipelineConfig.variant_train`` (gin scope ``variant/``) and can be named
+      in ``EvalConfig.models``.
   """
 
   rewrite: tuple[str, ...] = ()
   distill: tuple[str, ...] = ()
   rewriter: RewriteConfig = RewriteConfig()
+  variants: tuple[str, ...] = ()
 
   def __post_init__(self):
+    from humpback_jax.bft.stages import VARIANTS
+    bad = [v for v in self.variants if v not in VARIANTS]
+    if bad:
+      raise ValueError(f"BFConfig.variants: unknown {bad}; expected some of {tuple(VARIANTS)}")
+    needs = {"rewrite": ("rewrite", "candidates"), "filter_rewrite": ("rewrite", "curated"),
+             "filter_distill": ("distill", "curated")}
+    for v in self.variants:
+      if v in needs and needs[v][1] not in getattr(self, needs[v][0]):
+        raise ValueError(f"BFConfig.variants has {v!r}: it needs BFConfig.{needs[v][0]} to "
+                         f"include {needs[v][1]!r}")
     for field in ("rewrite", "distill"):
       bad = [s for s in getattr(self, field) if s not in SOURCES]
       if bad:

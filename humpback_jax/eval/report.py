@@ -86,9 +86,17 @@ def evaluation_section(run_dir) -> list[str]:
     agreements = [(r.get("order") or {}).get("agreement") for r in results["results"]]
     agreements = [a for a in agreements if a is not None]
     if agreements and min(agreements) < 0.6:
+      lo, hi = 100 * min(agreements), 100 * max(agreements)
+      span = f"{lo:.0f}%" if round(lo) == round(hi) else f"{lo:.0f}-{hi:.0f}%"
       lines.append(f"**The judge is weak**: it agrees with itself across the two orders on "
-                   f"only {100 * min(agreements):.0f}-{100 * max(agreements):.0f}% of pairs; "
-                   "differences within a few standard errors mean nothing.")
+                   f"only {span} of pairs; differences within a few standard errors mean "
+                   "nothing.")
+    for r in results["results"]:
+      same = r.get("identical_outputs")
+      if same:
+        lines.append(f"- {r['evaluated']} and {r['against']} wrote identical outputs on {same} "
+                     f"of {r['n']} prompts (judged as ties: preference 0.5 by construction "
+                     "of the two orders).")
     for key, title in (("win_rates", "Win rates"), ("winrate_vs_length",
                                                      "Win rate against output length")):
       if (run / f"eval/{key}.png").exists():

@@ -144,6 +144,7 @@ def judge_stage(ctx) -> dict:
       all_judgments += js
       results.append({"evaluated": a, "against": b, "pair": pair,
                       "head_to_head": b != cfg.reference_name,
+                      "identical_outputs": sum(x == y for x, y in zip(ea, eb)),
                       **compare.summarize(js, length_controlled=cfg.length_controlled)})
   jsonl.write_jsonl(all_judgments, ctx.path("eval/judgments.jsonl"))
   summary = {"judge": judge_name, "reference": cfg.reference_name, "prompts": len(prompts),

@@ -13,6 +13,8 @@ import dataclasses
 
 import gin
 
+from humpback_jax.bft.config import BFConfig, RewriteConfig
+from humpback_jax.bft.rewrite_parse import RewritePolicy
 from humpback_jax.curate import CurationConfig
 from humpback_jax.data.seed import SeedConfig
 from humpback_jax.data.web import WebConfig
@@ -86,6 +88,10 @@ class GenerationConfig:
       "continuous" (finished rows refilled from the queue, ``sample/continuous.py``; one device
       only) or "auto" (continuous on a one-device mesh, else bucketed). The same texts either
       way; continuous was 1.13x faster at batch 8 on real segments (docs/performance.md).
+    over_context: a segment / document whose backward prompt exceeds ``max_prompt_len``:
+      "truncate" (its middle is cut, counted as ``truncated_prompts``; [HB]'s segments are
+      short) or "drop" (left out and counted, with the prompt-length distribution: [BF] §2
+      dropped the ~25% of documents near the context limit; ``data/documents.py``).
     cache_dtype: KV cache dtype of the decode ("bfloat16", "float32"; None = the model's
       compute dtype). bfloat16 under a float32 model halves the cache's memory and bandwidth
       (keys/values rounded to bfloat16).
@@ -102,8 +108,12 @@ class GenerationConfig:
   drop_unfinished: bool = True
   batching: str = "auto"
   cache_dtype: str | None = None
+  over_context: str = dataclasses.field(default="truncate", metadata={"fingerprint": "if_set"})
 
   def __post_init__(self):
+    if self.over_context not in ("truncate", "drop"):
+      raise ValueError(f"GenerationConfig.over_context={self.over_context!r}: expected "
+                       "'truncate' or 'drop'")
     if self.batching not in ("auto", "bucketed", "continuous"):
       raise ValueError(f"GenerationConfig.batching={self.batching!r}: expected 'auto', "
                        "'bucketed' or 'continuous'")
@@ -138,6 +148,10 @@ class PipelineConfig:
       "chat" -- [BF]'s backward words in the tokenizer's chat template; "llama2" -- [BF]'s prompt
       exactly as the paper prints it, in Llama-2's ``[INST] ... [/INST]`` format
       (``bft.templates``; the paper's backward model is a fine-tuned Llama-2 base model).
+    bft: back-and-forth translation ([BF] §2): rewrite / distill stages and the variants
+      trained on them (``bft/``).
+    variant_train: fine-tuning of the [BF] variant models (gin scope ``variant/``; cosine
+      schedule, [BF] §2 step 4).
     evaluation: the evaluation stages (answers, judge, curation quality, analyses); none
       unless ``EvalConfig.models`` names models (``configs/eval_demo.gin``).
   """
@@ -158,6 +172,8 @@ class PipelineConfig:
   eval_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
   evaluation: EvalConfig = EvalConfig()
   backward_template: str = "chat"
+  bft: BFConfig = BFConfig()
+  variant_train: TrainConfig = TrainConfig(num_steps=500, lr_schedule="cosine")
 
   def __post_init__(self):
     if self.backward_template not in ("chat", "llama2"):
@@ -166,7 +182,8 @@ class PipelineConfig:
 
 
 for _cls in (BaseModelConfig, GenerationConfig, PipelineConfig, CurationConfig, SeedConfig,
-             WebConfig, TrainConfig, MeshConfig, EvalConfig, JudgeConfig):
+             WebConfig, TrainConfig, MeshConfig, EvalConfig, JudgeConfig, BFConfig,
+             RewriteConfig, RewritePolicy):
   gin.external_configurable(_cls, module="humpback_jax")
 
 # PipelineConfig field -> (config class, gin scope). Scoped bindings such as
@@ -180,6 +197,8 @@ NESTED = {
     "augment": (GenerationConfig, None),
     "curation": (CurationConfig, None),
     "evaluation": (EvalConfig, None),
+    "bft": (BFConfig, None),
+    "variant_train": (TrainConfig, "variant"),
 }
 
 

@@ -198,7 +198,9 @@ def write_report(ctx, manifest) -> str:
               "tags S_a + S_w, T = 0.7, p = 0.9)", ""]
     for o in outs[:5]:
       lines += [f"- **{_clip(o['instruction'], 150)}**", f"  {_clip(o['output'], 400)}"]
+  from humpback_jax.bft.report import bft_section
   from humpback_jax.eval.report import evaluation_section
+  lines += bft_section(stages)
   lines += evaluation_section(run)
   text = "\n".join(lines) + "\n"
   from humpback_jax import hosts

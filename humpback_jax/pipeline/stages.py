@@ -203,7 +203,18 @@ def augment(ctx: RunContext) -> dict:
   from humpback_jax.sample.sampling import Sampling
   cfg = ctx.config.augment
   segments = jsonl.read_jsonl(ctx.run_dir / "data/segments.jsonl")
-  if cfg.max_segments is not None:
+  context = None
+  if cfg.over_context == "drop":
+    from humpback_jax.data.documents import drop_over_context
+    segments, context = drop_over_context(
+        segments, ctx.tokenizer, max_prompt_tokens=cfg.max_prompt_len,
+        render=lambda t: backward_prompt_for(_backward_kind(ctx), ctx.tokenizer, t))
+    if not segments:
+      from humpback_jax.errors import InputError
+      raise InputError(f"augment: every one of {context['documents']} segments/documents is "
+                       f"over GenerationConfig.max_prompt_len={cfg.max_prompt_len} tokens "
+                       f"with its backward prompt (prompt tokens {context['prompt_tokens']})")
+  if cfg.max_segments is not None:  # after the drop: the first N that fit
     segments = segments[:cfg.max_segments]
   model_cfg, params = _load_trained(ctx, "M_yx")
   sampler, params = _sampler(ctx, model_cfg, cfg, "GenerationConfig", params)
@@ -239,7 +250,8 @@ def augment(ctx: RunContext) -> dict:
           "dropped_unfinished": len(unfinished) if cfg.drop_unfinished else 0,
           "instruction_like": like,
           "instruction_like_share": round(like / len(kept), 4),
-          "truncated_prompts": sampler.stats.get("truncated_prompts", 0)}
+          "truncated_prompts": sampler.stats.get("truncated_prompts", 0),
+          **({"over_context": context} if context is not None else {})}
 
 
 def _sanity_sample(ctx: RunContext, n: int) -> list[dict]:
@@ -363,7 +375,7 @@ def _eval_files(config) -> tuple[str, ...]:
 
 
 def pipeline_stages(iterations: int = 2, export_hf: bool = True,
-                    final_samples: int = 0, evaluation=None) -> list[Stage]:
+                    final_samples: int = 0, evaluation=None, bft=None) -> list[Stage]:
   """The stage list of [HB] §2 for ``iterations`` rounds of curation, then the evaluation
   stages of ``evaluation`` (an ``eval.config.EvalConfig``; ``eval.stages.eval_stages``)."""
   train = ("seed_value", "base")
@@ -397,6 +409,8 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
     stages.append(Stage("export_hf", (f"models/M{iterations}/params",),
                         (f"models/M{iterations}_hf",), export_final, ("base", "iterations"),
                         True))
+  from humpback_jax.bft.stages import bft_stages, variant_stages
+  stages += bft_stages(bft, iterations) + variant_stages(bft, iterations)
   from humpback_jax.eval.stages import eval_stages
   stages += eval_stages(evaluation, iterations)
   return stages

@@ -1,0 +1,94 @@
+"""Back-and-forth translation end to end on the real inputs (configs/smoke_bft.gin,
+stories260K): whole documents with the context-limit drop counted, [BF]'s backward prompt in
+Llama-2 format, rewrite / distill with their counts, the four variants trained on the mixtures
+they name (counts per source in the manifest, the train files), evaluated, and reported.
+"""
+
+import json
+import pathlib
+
+import pytest
+
+from humpback_jax import jsonl, paths
+from humpback_jax.cli import main
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SMOKE_BFT = str(REPO / "configs" / "smoke_bft.gin")
+
+pytestmark = pytest.mark.skipif(
+    not (paths.default_data_root() / "weights" / "stories260K.bin").exists(),
+    reason="../shared/data not present")
+
+VARIANT_FILES = {"filter": "curated_A2.jsonl", "rewrite": "rewritten_candidates.jsonl",
+                 "filter_rewrite": "rewritten_curated.jsonl",
+                 "filter_distill": "distilled_curated.jsonl"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("smoke_bft_run")
+  assert main(["run", f"--gin_file={SMOKE_BFT}", f"--run_dir={d}", "--no_progress"]) == 0
+  return d
+
+
+def _stages(d):
+  return json.loads((d / "manifest.json").read_text())["stages"]
+
+
+def test_documents_and_the_context_drop(run_dir):
+  stages = _stages(run_dir)
+  assert all(e["status"] == "done" for e in stages.values())
+  segs = jsonl.read_jsonl(run_dir / "data/segments.jsonl")
+  assert segs and all(s["id"].endswith("#doc") for s in segs)
+  web = stages["prepare_web"]["stats"]
+  assert web["unit"] == "documents" and web["kept"] == len(segs)
+  ctx = stages["augment"]["over_context"]
+  assert ctx["documents"] == len(segs)
+  assert ctx["kept"] + ctx["dropped_over_context"] == ctx["documents"]
+  assert ctx["kept"] == stages["augment"]["segments"] and ctx["dropped_over_context"] > 0
+  assert stages["train_backward"]["backward_template"] == "llama2"
+
+
+def test_rewrite_and_distill_counts(run_dir):
+  stages = _stages(run_dir)
+  for source, src_file in (("curated", "curated_A2.jsonl"), ("candidates", "candidates.jsonl")):
+    e = stages[f"rewrite_{source}"]
+    log = jsonl.read_jsonl(run_dir / f"data/rewrite_log_{source}.jsonl")
+    pairs = jsonl.read_jsonl(run_dir / "data" / src_file)
+    assert [r["id"] for r in log] == [p["id"] for p in pairs]
+    assert e["rewrite"]["rows"] == len(log) == e["pairs"]
+    kept = jsonl.read_jsonl(run_dir / f"data/rewritten_{source}.jsonl")
+    assert len(kept) == e["count"] == sum(r["response"] is not None for r in log)
+    assert sum(e["rewrite"]["outcomes"].values()) == len(log)
+    assert e["rewrite"]["attempts"] == sum(len(r["attempts"]) for r in log)
+    for r in log:  # keep_draft: a pair whose every attempt failed keeps its draft
+      if r["outcome"] == "kept_draft":
+        assert r["response"] == r["draft"] and len(r["attempts"]) == 2  # max_retries = 1
+  d = stages["distill_curated"]
+  assert d["pairs"] == len(jsonl.read_jsonl(run_dir / "data/curated_A2.jsonl"))
+
+
+def test_each_variant_trains_on_the_mixture_it_names(run_dir):
+  stages = _stages(run_dir)
+  seed = jsonl.read_jsonl(run_dir / "data/seed.jsonl")
+  for variant, rel in VARIANT_FILES.items():
+    e = stages[f"train_{variant}"]
+    pairs = jsonl.read_jsonl(run_dir / "data" / rel)
+    assert sum(e["sources"].values()) == e["count"] == len(seed) + len(pairs)
+    assert e["sources"]["seed"] == len(seed) and e["lr_schedule"] == "cosine"
+    train = jsonl.read_jsonl(run_dir / f"data/train_{variant}.jsonl")
+    assert [r["response"] for r in train[len(seed):]] == [p["response"] for p in pairs]
+    assert all(r["tags"] == ["Answer with knowledge from web search."]
+               for r in train[len(seed):])
+
+
+def test_variants_evaluated_and_reported(run_dir):
+  results = json.loads((run_dir / "eval/results.json").read_text())
+  pairs = [r["pair"] for r in results["results"]]
+  for v in VARIANT_FILES:
+    assert f"{v}_vs_text_davinci_003" in pairs
+  assert "filter_rewrite_vs_filter" in pairs and "filter_rewrite_vs_filter_distill" in pairs
+  report = (run_dir / "report.md").read_text()
+  for needle in ["## Back-and-forth translation", "| rewrite_candidates |", "first-attempt ok",
+                 "| filter_distill |", "cosine", "## Evaluation"]:
+    assert needle in report, needle

@@ -1,0 +1,84 @@
+"""The rewrite stage's retry loop on scripted model outputs (no model): each attempt samples with
+its own key, failed rows are resampled up to the policy's limit, then the draft is kept or the
+pair dropped; the variant configs name the data they need; the cosine schedule is selected.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from humpback_jax.bft import rewrite_parse as rp
+from humpback_jax.bft.config import BFConfig, RewriteConfig
+from humpback_jax.bft.stages import VARIANTS, rewrite_chunk, variant_file
+from test_sampler import ByteTokenizer
+
+
+class _ScriptedSampler:
+  """``generate_texts`` answers from a table keyed by the record key (``<id>#rewrite<k>``)."""
+
+  def __init__(self, script):
+    self.script, self.calls = script, []
+
+  def generate_texts(self, params, prompts, *, max_new_tokens, strategy, seed, keys,
+                     return_finished):
+    self.calls.append(list(keys))
+    outs = [self.script[k] for k in keys]
+    return [t for t, _ in outs], [f for _, f in outs]
+
+
+PAIRS = [{"id": "a", "instruction": "Why is the sky blue?", "response": "draft a"},
+         {"id": "b", "instruction": "Name a fruit.", "response": "draft b"},
+         {"id": "c", "instruction": "Say hi.", "response": "draft c"}]
+SCRIPT = {
+    "a#rewrite0": ("Sure! Here it is:\n[RES] Rayleigh scattering. [/RES]", True),
+    "b#rewrite0": ("An apple.", True),  # no tags: retried
+    "b#rewrite1": ("[RES]An apple.[/RES] I kept it short.", True),
+    "c#rewrite0": ("[RES] Hello", False),  # cut: unterminated
+    "c#rewrite1": ("", True),
+    "c#rewrite2": ("[RES][/RES]", True),
+}
+
+
+@pytest.mark.parametrize("on_failure", ["keep_draft", "drop"])
+def test_rewrite_chunk_retries_then_applies_the_policy(on_failure):
+  cfg = RewriteConfig(policy=rp.RewritePolicy(max_retries=2, on_failure=on_failure))
+  sampler = _ScriptedSampler(SCRIPT)
+  out = rewrite_chunk(sampler, None, ByteTokenizer(), PAIRS, cfg, seed=0)
+  # attempt 0: every row; attempt 1: the two failures; attempt 2: c alone
+  assert sampler.calls == [["a#rewrite0", "b#rewrite0", "c#rewrite0"],
+                           ["b#rewrite1", "c#rewrite1"], ["c#rewrite2"]]
+  assert [r["id"] for r in out] == ["a", "b", "c"]
+  assert out[0]["response"] == "Rayleigh scattering." and out[0]["outcome"] == rp.REWRITTEN
+  assert out[1]["response"] == "An apple." and len(out[1]["attempts"]) == 2
+  assert [a["status"] for a in out[2]["attempts"]] == [rp.UNTERMINATED, rp.MISSING, rp.EMPTY]
+  assert out[2]["attempts"][0]["raw"] == "[RES] Hello"
+  if on_failure == "keep_draft":
+    assert (out[2]["response"], out[2]["outcome"]) == ("draft c", rp.KEPT_DRAFT)
+  else:
+    assert (out[2]["response"], out[2]["outcome"]) == (None, rp.DROPPED)
+  summary = rp.summarize(([rp.RewriteParse(**{k: v for k, v in a.items() if k != "raw"})
+                           for a in r["attempts"]], r["outcome"]) for r in out)
+  assert summary["rows"] == 3 and summary["attempts"] == 6 and summary["retried_rows"] == 2
+  assert summary["first_attempt_statuses"]["ok"] == 1
+
+
+def test_accepting_unterminated_rewrites_stops_the_retries():
+  cfg = RewriteConfig(policy=rp.RewritePolicy(max_retries=2, accept_unterminated=True))
+  sampler = _ScriptedSampler(SCRIPT)
+  out = rewrite_chunk(sampler, None, ByteTokenizer(), PAIRS, cfg, seed=0)
+  assert sampler.calls[1] == ["b#rewrite1"]
+  assert (out[2]["response"], out[2]["outcome"]) == ("Hello", rp.REWRITTEN_UNTERMINATED)
+
+
+def test_variants_name_the_data_they_need():
+  assert variant_file("filter", 2) == "data/curated_A2.jsonl"
+  assert variant_file("filter_rewrite", 2) == "data/rewritten_curated.jsonl"
+  assert set(VARIANTS) == {"filter", "rewrite", "filter_rewrite", "filter_distill"}
+  BFConfig(rewrite=("curated",), distill=("curated",),
+           variants=("filter", "filter_rewrite", "filter_distill"))
+  with pytest.raises(ValueError, match="needs BFConfig.rewrite to include 'candidates'"):
+    BFConfig(rewrite=("curated",), variants=("rewrite",))
+  with pytest.raises(ValueError, match="unknown"):
+    BFConfig(variants=("distill_only",))
+  with pytest.raises(ValueError, match="unknown sources"):
+    BFConfig(rewrite=("web",))
