@@ -49,6 +49,10 @@ class EvalConfig:
     quality_sample: how many candidates the reference judge labels for curation precision /
       recall ([HB] §4.3: 250 labelled pairs); 0 skips. The reference is ``judge`` (or the
       endpoint).
+    analysis_datasets: extra (name, run-relative JSONL path) datasets the analyses cover
+      besides seed, candidates and A_k (e.g. ``("rewritten", "data/rewritten_curated.jsonl")``).
+    mauve_pairs: (p, q[, field]) dataset names to compare with MAUVE (default: seed vs the
+      last A_k responses); [BF] §4: distilled vs rewritten 0.340, distilled vs web 0.034.
     scaling_sizes: the data-scaling view ([HB] Figure 2, ``eval/scaling.py``): a model
       ``S<N>`` per size, trained on seed + N curated pairs, answered and judged; () skips.
   """
@@ -80,6 +84,8 @@ class EvalConfig:
   analyses: bool = True
   quality_sample: int = 0
   scaling_sizes: tuple[int, ...] = ()
+  analysis_datasets: tuple[tuple[str, str], ...] = ()
+  mauve_pairs: tuple[tuple[str, ...], ...] = ()
 
   def __post_init__(self):
     for entry in self.imported:

@@ -261,8 +261,11 @@ def analyze_stage(ctx) -> dict:
   model_cfg, params = ctx.base_model
   featurize = mauve_score.make_featurizer(params, model_cfg, ctx.tokenizer,
                                           name=f"{ctx.config.base.checkpoint} final hidden state")
+  cfg = ctx.config.evaluation
   result = run_analyses.analyze_run(ctx.run_dir, ctx.tokenizer, mauve_features=featurize,
-                                out_dir=ctx.run_dir / "eval")
+                                    datasets=dict(cfg.analysis_datasets) or None,
+                                    mauve_pairs=[tuple(p) for p in cfg.mauve_pairs] or None,
+                                    out_dir=ctx.run_dir / "eval")
   return {"count": len(result.get("datasets", {})), "analyses": "eval/analyses.json"}
 
 
@@ -307,7 +310,8 @@ def eval_stages(cfg, iterations: int) -> list:
   if cfg.analyses:
     inputs = ("data/seed.jsonl", "data/candidates.jsonl") + tuple(
         f"data/scores_M{t}.jsonl" for t in range(iterations)) + tuple(
-            f"data/curated_A{t + 1}.jsonl" for t in range(iterations))
+            f"data/curated_A{t + 1}.jsonl" for t in range(iterations)) + tuple(
+                rel for _, rel in cfg.analysis_datasets)
     stages.append(Stage("analyze", inputs, ("eval/analyses.json",), analyze_stage,
                         ("evaluation", "base", "iterations"), True))
   return stages
