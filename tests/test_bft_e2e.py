@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 VARIANT_FILES = {"filter": "curated_A2.jsonl", "rewrite": "rewritten_candidates.jsonl",
                  "filter_rewrite": "rewritten_curated.jsonl",
-                 "filter_distill": "distilled_curated.jsonl"}
+                 "filter_distill": "distilled_curated.jsonl",
+                 "self_instruct": "self_instruct.jsonl"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,10 @@ def test_rewrite_and_distill_counts(run_dir):
     for r in log:  # keep_draft: a pair whose every attempt failed keeps its draft
       if r["outcome"] == "kept_draft":
         assert r["response"] == r["draft"] and len(r["attempts"]) == 2  # max_retries = 1
+  si = stages["self_instruct"]
+  assert si["count"] == len(jsonl.read_jsonl(run_dir / "data/self_instruct.jsonl"))
+  assert si["generated"] == si["kept"] + sum(si["dropped"].values())
+  assert si["rounds"] == 3 and si["kept"] == si["count"] + si["dropped_empty_answer"]
   d = stages["distill_curated"]
   assert d["pairs"] == len(jsonl.read_jsonl(run_dir / "data/curated_A2.jsonl"))
 

@@ -73,7 +73,10 @@ def test_accepting_unterminated_rewrites_stops_the_retries():
 def test_variants_name_the_data_they_need():
   assert variant_file("filter", 2) == "data/curated_A2.jsonl"
   assert variant_file("filter_rewrite", 2) == "data/rewritten_curated.jsonl"
-  assert set(VARIANTS) == {"filter", "rewrite", "filter_rewrite", "filter_distill"}
+  assert set(VARIANTS) == {"filter", "rewrite", "filter_rewrite", "filter_distill",
+                           "self_instruct"}
+  with pytest.raises(ValueError, match="num_instructions"):
+    BFConfig(variants=("self_instruct",))
   BFConfig(rewrite=("curated",), distill=("curated",),
            variants=("filter", "filter_rewrite", "filter_distill"))
   with pytest.raises(ValueError, match="needs BFConfig.rewrite to include 'candidates'"):
@@ -82,3 +85,42 @@ def test_variants_name_the_data_they_need():
     BFConfig(variants=("distill_only",))
   with pytest.raises(ValueError, match="unknown sources"):
     BFConfig(rewrite=("web",))
+
+
+def test_self_instruct_parse_and_filters():
+  from humpback_jax.bft import self_instruct as si
+  prompt = si.build_prompt(["Say hi.", "Name a  colour."])
+  assert prompt == ("Come up with a series of tasks:\n\nTask 1: Say hi.\nTask 2: Name a colour."
+                    "\nTask 3:")
+  assert si.parse_tasks(" Write a poem about rain.\nTask 4: List three fruits.\nTask 5: Expl") \
+      == ["Write a poem about rain.", "List three fruits.", "Expl"]
+  assert si.parse_tasks(" Write a poem.\nTask 4: Expl", finished=False) == ["Write a poem."]
+  assert si.filter_reason("Write a short poem about rain.") is None
+  assert si.filter_reason("Hi there") == "length"
+  assert si.filter_reason("Draw a picture of a cat for me.") == "blocked_word"
+  assert si.filter_reason("- list three fruits please") == "bad_start"
+
+
+def test_self_instruct_pool_dedupes_by_rouge_and_is_deterministic():
+  from humpback_jax.bft import self_instruct as si
+  seeds = [f"Explain topic number {i} to a child." for i in range(8)]
+  calls = []
+
+  def generate(prompts, keys):
+    calls.append(keys)
+    r = len(calls) - 1
+    # round 0: one new task and a near copy of a seed task; round 1: two new tasks
+    outs = {0: " Write a haiku about the sea.\nTask 8: Explain topic number 3 to a child.",
+            1: " List five rivers in Europe.\nTask 9: Translate 'thank you' into French."}
+    return [outs[r]] * len(prompts), [True] * len(prompts)
+
+  cfg = si.SelfInstructConfig(num_instructions=3, batch_size=2, seed_in_context=6,
+                              machine_in_context=2)
+  new, stats = si.grow_pool(generate, seeds, cfg, seed=0)
+  assert new == ["Write a haiku about the sea.", "List five rivers in Europe.",
+                 "Translate 'thank you' into French."]
+  # round 0: 2 rows x 2 tasks: the haiku kept once, its copy and the seed copies dropped
+  assert stats["dropped"]["near_duplicate"] == 3 and stats["rounds"] == 2
+  assert calls[0] == ["self_instruct/0/0", "self_instruct/0/1"]
+  calls.clear()
+  assert si.grow_pool(generate, seeds, cfg, seed=0) == (new, stats)

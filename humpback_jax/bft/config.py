@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from humpback_jax.bft.rewrite_parse import RewritePolicy
+from humpback_jax.bft.self_instruct import SelfInstructConfig
 
 SOURCES = ("curated", "candidates")
 
@@ -62,19 +63,25 @@ class BFConfig:
       "filter" (A_k as is), "rewrite" (every candidate rewritten), "filter_rewrite" (A_k
       rewritten), "filter_distill" (A_k's instructions, the aligned model's answers). Each
       trains with ``PipelineConfig.variant_train`` (gin scope ``variant/``) and can be named
-      in ``EvalConfig.models``.
+      in ``EvalConfig.models``; "self_instruct" trains on the self-instruct baseline.
+    self_instruct: the self-instruct baseline from the same seed and base model
+      (``bft/self_instruct.py``; ``num_instructions`` 0 = none).
   """
 
   rewrite: tuple[str, ...] = ()
   distill: tuple[str, ...] = ()
   rewriter: RewriteConfig = RewriteConfig()
   variants: tuple[str, ...] = ()
+  self_instruct: SelfInstructConfig = SelfInstructConfig()
 
   def __post_init__(self):
     from humpback_jax.bft.stages import VARIANTS
     bad = [v for v in self.variants if v not in VARIANTS]
     if bad:
       raise ValueError(f"BFConfig.variants: unknown {bad}; expected some of {tuple(VARIANTS)}")
+    if "self_instruct" in self.variants and not self.self_instruct.num_instructions:
+      raise ValueError("BFConfig.variants has 'self_instruct': set "
+                       "SelfInstructConfig.num_instructions > 0")
     needs = {"rewrite": ("rewrite", "candidates"), "filter_rewrite": ("rewrite", "curated"),
              "filter_distill": ("distill", "curated")}
     for v in self.variants:

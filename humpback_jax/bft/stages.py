@@ -175,6 +175,9 @@ def bft_stages(cfg, iterations: int) -> list:
     stages.append(Stage(f"distill_{source}", (source_file(source, iterations),),
                         (f"data/distilled_{source}.jsonl",), distill_stage(source), keys,
                         partials=(f"data/distilled_{source}.partial.jsonl",)))
+  if cfg.self_instruct.num_instructions:
+    stages.append(Stage("self_instruct", ("data/seed.jsonl",), ("data/self_instruct.jsonl",),
+                        self_instruct_stage, ("bft", "seed_value"), True))
   return stages
 
 
@@ -184,6 +187,7 @@ VARIANTS = {
     "rewrite": ("rewritten_candidates.jsonl", "rewritten web"),
     "filter_rewrite": ("rewritten_curated.jsonl", "filtered + rewritten web"),
     "filter_distill": ("distilled_curated.jsonl", "filtered instructions + distilled answers"),
+    "self_instruct": ("self_instruct.jsonl", "self-instruct"),
 }
 
 
@@ -222,3 +226,37 @@ def variant_stages(cfg, iterations: int) -> list:
                 (f"models/{v}/params",), train_variant(v),
                 ("variant_train", "seed_value", "base", "iterations"), True)
           for v in cfg.variants]
+
+
+def self_instruct_stage(ctx) -> dict:
+  """The self-instruct baseline (``bft/self_instruct.py``): the base model grows instructions
+  from the seed's and answers them -> ``data/self_instruct.jsonl``."""
+  from humpback_jax.bft import self_instruct as si
+  from humpback_jax.data import templates
+  from humpback_jax.sample.sampler import Sampler, check_context_length
+  cfg = ctx.config.bft.self_instruct
+  seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
+  model_cfg, params = ctx.base_model
+  max_prompt = min(1024, model_cfg.max_seq_len - cfg.max_new_tokens)
+  check_context_length(model_cfg, max_prompt, cfg.max_new_tokens, "SelfInstructConfig")
+  sampler = Sampler(model_cfg, ctx.tokenizer, max_prompt_len=max_prompt,
+                    batch_size=cfg.batch_size, prompt_overflow="truncate",
+                    owner="SelfInstructConfig", mesh=ctx.runtime.mesh, rules=ctx.runtime.rules)
+  params = sampler.place_params(params)
+  strategy = _strategy(cfg)
+
+  def generate(prompts, keys):
+    return sampler.generate_texts(params, prompts, max_new_tokens=cfg.max_new_tokens,
+                                  strategy=strategy, seed=ctx.config.seed_value, keys=keys,
+                                  return_finished=True)
+
+  instructions, stats = si.grow_pool(generate, [r["instruction"] for r in seed], cfg,
+                                     ctx.config.seed_value)
+  answers, finished = generate([templates.forward_prompt(ctx.tokenizer, x) for x in instructions],
+                               [f"self_instruct/answer/{j}" for j in range(len(instructions))])
+  records = [{"id": f"si{j}", "instruction": x, "response": a.strip(), "finished": bool(f)}
+             for j, (x, a, f) in enumerate(zip(instructions, answers, finished))]
+  kept = [r for r in records if r["response"]]
+  jsonl.write_jsonl(kept, ctx.path("data/self_instruct.jsonl"))
+  return {"count": len(kept), **stats, "dropped_empty_answer": len(records) - len(kept),
+          "unfinished_answers": sum(not r["finished"] for r in records)}

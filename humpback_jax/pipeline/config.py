@@ -15,6 +15,7 @@ import gin
 
 from humpback_jax.bft.config import BFConfig, RewriteConfig
 from humpback_jax.bft.rewrite_parse import RewritePolicy
+from humpback_jax.bft.self_instruct import SelfInstructConfig
 from humpback_jax.curate import CurationConfig
 from humpback_jax.data.seed import SeedConfig
 from humpback_jax.data.web import WebConfig
@@ -183,7 +184,7 @@ class PipelineConfig:
 
 for _cls in (BaseModelConfig, GenerationConfig, PipelineConfig, CurationConfig, SeedConfig,
              WebConfig, TrainConfig, MeshConfig, EvalConfig, JudgeConfig, BFConfig,
-             RewriteConfig, RewritePolicy):
+             RewriteConfig, RewritePolicy, SelfInstructConfig):
   gin.external_configurable(_cls, module="humpback_jax")
 
 # PipelineConfig field -> (config class, gin scope). Scoped bindings such as
