@@ -220,7 +220,8 @@ def _main(args) -> int:
   config = build_config(args.gin_file, args.gin_param)
   if args.command == "stages":
     for s in pipeline_stages(config.iterations, config.export_hf, config.final_samples,
-                           config.evaluation, config.bft):
+                           config.evaluation, config.bft,
+                           config.augment_rounds):
       print(f"{s.name}: {', '.join(s.inputs) or '-'} -> {', '.join(s.outputs)}")
     return 0
   progress = not args.no_progress

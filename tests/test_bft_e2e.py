@@ -50,6 +50,20 @@ def test_documents_and_the_context_drop(run_dir):
   assert stages["train_backward"]["backward_template"] == "llama2"
 
 
+def test_iterative_augmentation(run_dir):
+  stages = _stages(run_dir)
+  seed = jsonl.read_jsonl(run_dir / "data/seed.jsonl")
+  a1 = jsonl.read_jsonl(run_dir / "data/curated_A1.jsonl")
+  train = jsonl.read_jsonl(run_dir / "data/train_M_yx_r2.jsonl")
+  assert [r["id"] for r in train] == [r["id"] for r in seed + a1]
+  assert stages["train_backward_r2"]["augmented_examples"] == len(a1)
+  pool = jsonl.read_jsonl(run_dir / "data/candidates_r2.jsonl")
+  assert stages["augment_r2"]["count"] == len(pool)
+  scored = [r["id"] for r in jsonl.read_jsonl(run_dir / "data/scores_M1.jsonl")]
+  assert scored == [r["id"] for r in pool]  # M1 curated the second round's pool
+  assert stages["curate_M1"]["scored"] == len(pool)
+
+
 def test_rewrite_and_distill_counts(run_dir):
   stages = _stages(run_dir)
   for source, src_file in (("curated", "curated_A2.jsonl"), ("candidates", "candidates.jsonl")):

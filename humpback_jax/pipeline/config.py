@@ -149,6 +149,10 @@ class PipelineConfig:
       "chat" -- [BF]'s backward words in the tokenizer's chat template; "llama2" -- [BF]'s prompt
       exactly as the paper prints it, in Llama-2's ``[INST] ... [/INST]`` format
       (``bft.templates``; the paper's backward model is a fine-tuned Llama-2 base model).
+    augment_rounds: iterative augmentation (beyond the papers): with R > 1, before curation
+      iteration t (1 <= t < R) a backward model ``M_yx_r<t+1>`` is fine-tuned on seed + A^(t)
+      reversed and re-augments the same segments into ``data/candidates_r<t+1>.jsonl``, the
+      pool M_t curates. 1 = the papers' single augmentation.
     bft: back-and-forth translation ([BF] §2): rewrite / distill stages and the variants
       trained on them (``bft/``).
     variant_train: fine-tuning of the [BF] variant models (gin scope ``variant/``; cosine
@@ -173,10 +177,14 @@ class PipelineConfig:
   eval_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
   evaluation: EvalConfig = EvalConfig()
   backward_template: str = "chat"
+  augment_rounds: int = dataclasses.field(default=1, metadata={"fingerprint": "if_set"})
   bft: BFConfig = BFConfig()
   variant_train: TrainConfig = TrainConfig(num_steps=500, lr_schedule="cosine")
 
   def __post_init__(self):
+    if not 1 <= self.augment_rounds <= max(1, self.iterations):
+      raise ValueError(f"PipelineConfig.augment_rounds={self.augment_rounds}: expected 1.."
+                       f"iterations ({self.iterations})")
     if self.backward_template not in ("chat", "llama2"):
       raise ValueError(f"PipelineConfig.backward_template={self.backward_template!r}: "
                        "expected 'chat' or 'llama2'")

@@ -136,7 +136,8 @@ def run_pipeline(run_dir, config: PipelineConfig, *, only: str | None = None,
   if operative_gin and hosts.is_writer():
     fs.atomic_write_text(fs.path(ctx.run_dir) / "config.gin", operative_gin)
   stages = pipeline_stages(config.iterations, config.export_hf, config.final_samples,
-                           config.evaluation, config.bft)
+                           config.evaluation, config.bft,
+                           config.augment_rounds)
   producers = {out: s.name for s in stages for out in s.outputs}
   if only is not None:
     names = [s.name for s in stages]

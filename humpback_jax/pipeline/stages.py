@@ -138,6 +138,29 @@ def train_backward(ctx: RunContext) -> dict:
               backward_template=ctx.config.backward_template)
 
 
+def train_backward_round(r: int) -> Callable[[RunContext], dict]:
+  """Iterative augmentation (beyond the papers; both list it as an open question): the backward
+  model of round r >= 2, ``M_yx_r<r>``, is fine-tuned from the base on the seed plus the curated
+  pairs A^(r-1), reversed (response -> instruction), with ``backward_train``."""
+
+  def run(ctx: RunContext) -> dict:
+    seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
+    curated = jsonl.read_jsonl(ctx.run_dir / f"data/curated_A{r - 1}.jsonl")
+    records = [{"id": x["id"], "instruction": x["instruction"], "response": x["response"],
+                "tags": []} for x in seed + curated]
+    out = _train(ctx, f"M_yx_r{r}", records, _backward_kind(ctx), ctx.config.backward_train)
+    return dict(out, seed_examples=len(seed), augmented_examples=len(curated))
+
+  return run
+
+
+def candidates_file(t: int, augment_rounds: int) -> str:
+  """The candidate pool M_t curates: round min(t + 1, augment_rounds)'s (round 1 is
+  ``data/candidates.jsonl``; round r >= 2 is ``data/candidates_r<r>.jsonl``)."""
+  r = min(t + 1, augment_rounds)
+  return "data/candidates.jsonl" if r == 1 else f"data/candidates_r{r}.jsonl"
+
+
 def _seed_records(ctx) -> list[dict]:
   seed = jsonl.read_jsonl(ctx.run_dir / "data/seed.jsonl")
   return [{"id": r["id"], "instruction": r["instruction"], "response": r["response"],
@@ -187,6 +210,16 @@ def _sampler(ctx: RunContext, model_cfg, cfg, owner: str, params, tokenizer=None
 
 
 def augment(ctx: RunContext) -> dict:
+  """Self-augmentation by M_yx into ``data/candidates.jsonl`` (``augment_with``)."""
+  return augment_with("M_yx", "candidates")(ctx)
+
+
+def augment_with(model: str, out_name: str) -> Callable[[RunContext], dict]:
+  """The stage function: ``models/<model>`` augments into ``data/<out_name>.jsonl``."""
+  return lambda ctx: _augment(ctx, model, out_name)
+
+
+def _augment(ctx: RunContext, model: str, out_name: str) -> dict:
   """Self-augmentation ([HB] §2.1): M_yx writes one instruction x̂ per segment y.
 
   Resumable: finished chunks are appended to ``candidates.partial.jsonl``; a rerun skips them.
@@ -216,10 +249,10 @@ def augment(ctx: RunContext) -> dict:
                        f"with its backward prompt (prompt tokens {context['prompt_tokens']})")
   if cfg.max_segments is not None:  # after the drop: the first N that fit
     segments = segments[:cfg.max_segments]
-  model_cfg, params = _load_trained(ctx, "M_yx")
+  model_cfg, params = _load_trained(ctx, model)
   sampler, params = _sampler(ctx, model_cfg, cfg, "GenerationConfig", params)
   strategy = Sampling(temperature=cfg.temperature, top_p=cfg.top_p)
-  partial = ctx.path("data/candidates.partial.jsonl")
+  partial = ctx.path(f"data/{out_name}.partial.jsonl")
   with jsonl.JsonlAppender(partial) as out:
     chunks = list(jsonl.pending_chunks(segments, out.done_ids, cfg.chunk_size))
     for _, chunk in _progress(ctx, chunks, "augment (chunks)"):
@@ -242,7 +275,7 @@ def augment(ctx: RunContext) -> dict:
     raise ValueError(f"augment: no candidate left of {len(records)} generations "
                      f"({len(empty)} empty, {len(unfinished)} cut at "
                      f"GenerationConfig.max_new_tokens={cfg.max_new_tokens})")
-  jsonl.write_jsonl(kept, ctx.path("data/candidates.jsonl"))
+  jsonl.write_jsonl(kept, ctx.path(f"data/{out_name}.jsonl"))
   like = sum(looks_like_instruction(r["instruction"]) for r in kept)
   return {"count": len(kept), "segments": len(segments),
           "dropped_empty_instruction": len(empty),
@@ -262,7 +295,8 @@ def _sanity_sample(ctx: RunContext, n: int) -> list[dict]:
   return [seed[i] for i in order[:n]]
 
 
-def curate_with(t: int) -> Callable[[RunContext], dict]:
+def curate_with(t: int, cand_file: str = "data/candidates.jsonl"
+                ) -> Callable[[RunContext], dict]:
   """Self-curation by M_t: rate every candidate of A, keep score >= k -> A_k^(t+1).
 
   Also checks that the judge carries signal (``curate.sanity``: AUC of real seed pairs over
@@ -272,7 +306,7 @@ def curate_with(t: int) -> Callable[[RunContext], dict]:
   def run(ctx: RunContext) -> dict:
     from humpback_jax.curate import rate, sanity
     cfg = ctx.config.curation
-    candidates = jsonl.read_jsonl(ctx.run_dir / "data/candidates.jsonl")
+    candidates = jsonl.read_jsonl(ctx.run_dir / cand_file)
     model_cfg, params = _load_trained(ctx, f"M{t}")
     sampler, params = _sampler(ctx, model_cfg, cfg, "CurationConfig", params)
     scores = rate.rate_pairs(
@@ -375,7 +409,8 @@ def _eval_files(config) -> tuple[str, ...]:
 
 
 def pipeline_stages(iterations: int = 2, export_hf: bool = True,
-                    final_samples: int = 0, evaluation=None, bft=None) -> list[Stage]:
+                    final_samples: int = 0, evaluation=None, bft=None,
+                    augment_rounds: int = 1) -> list[Stage]:
   """The stage list of [HB] §2 for ``iterations`` rounds of curation, then the evaluation
   stages of ``evaluation`` (an ``eval.config.EvalConfig``; ``eval.stages.eval_stages``)."""
   train = ("seed_value", "base")
@@ -393,9 +428,21 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
             ("forward_train",) + train, True),
   ]
   for t in range(iterations):
-    stages.append(Stage(f"curate_M{t}", ("data/candidates.jsonl", f"models/M{t}/params"),
+    pool = candidates_file(t, augment_rounds)
+    if t >= 1 and t + 1 <= augment_rounds:  # iterative augmentation: a new pool for M_t
+      r = t + 1
+      stages.append(Stage(f"train_backward_r{r}", ("data/seed.jsonl", f"data/curated_A{t}.jsonl"),
+                          (f"models/M_yx_r{r}/params",), train_backward_round(r),
+                          ("backward_train",) + train, True,
+                          config_keys_if_set=("backward_template",)))
+      stages.append(Stage(f"augment_r{r}", ("data/segments.jsonl", f"models/M_yx_r{r}/params"),
+                          (pool,), augment_with(f"M_yx_r{r}", f"candidates_r{r}"),
+                          ("augment",) + train, True,
+                          partials=(f"data/candidates_r{r}.partial.jsonl",),
+                          config_keys_if_set=("backward_template",)))
+    stages.append(Stage(f"curate_M{t}", (pool, f"models/M{t}/params"),
                         (f"data/scores_M{t}.jsonl", f"data/curated_A{t + 1}.jsonl"),
-                        curate_with(t), ("curation",) + train, True,
+                        curate_with(t, pool), ("curation",) + train, True,
                         partials=(f"data/scores_M{t}.partial.jsonl",)))
     stages.append(Stage(f"train_M{t + 1}", ("data/seed.jsonl", f"data/curated_A{t + 1}.jsonl"),
                         (f"models/M{t + 1}/params",), train_forward(t + 1),
