@@ -167,11 +167,10 @@ def test_manifest_counts_each_stages_xla_compilations(tmp_path):
 
 
 def test_a_field_added_later_enters_the_fingerprint_only_when_set(tmp_path):
-  """``Stage.config_keys_if_set``: an existing run stays up to date after a new field (here
-  ``backward_template``) appears with its default; setting it reruns the stage."""
+  """A field marked ``fingerprints.IF_SET`` (here ``backward_template``): an existing run stays
+  up to date after it appears with its default; setting it reruns the stage."""
   (tmp_path / "lima.jsonl").write_text("v1\n")
-  stage = Stage("e", (), ("e.txt",), _copy(None, "e.txt"), ("eval_file",),
-                config_keys_if_set=("backward_template",))
+  stage = Stage("e", (), ("e.txt",), _copy(None, "e.txt"), ("eval_file", "backward_template"))
 
   def run(config):
     ctx = RunContext(tmp_path / "run", config, progress=False)

@@ -96,23 +96,28 @@ def rewrite_chunk(sampler, params, tokenizer, chunk: list[dict], cfg, seed: int)
   return out
 
 
+def _resumable(ctx, source: str, out_name: str, run_chunk) -> list[dict]:
+  """``run_chunk(pairs) -> records`` over ``source``'s pairs in the fixed chunks of
+  ``RewriteConfig.chunk_size``, finished chunks kept in ``data/<out_name>_<source>.partial.jsonl``
+  (a rerun skips them); the records in the order of the pairs."""
+  pairs = jsonl.read_jsonl(ctx.run_dir / source_file(source, ctx.config.iterations))
+  with jsonl.JsonlAppender(ctx.path(f"data/{out_name}_{source}.partial.jsonl")) as out:
+    chunks = list(jsonl.pending_chunks(pairs, out.done_ids, ctx.config.bft.rewriter.chunk_size))
+    for _, chunk in _progress(ctx, chunks, f"{out_name} {source} (chunks)"):
+      out.append(r for r in run_chunk(chunk) if r["id"] not in out.done_ids)
+    by_id = {r["id"]: r for r in out.records}
+  return [by_id[p["id"]] for p in pairs]
+
+
 def rewrite_stage(source: str):
   """The stage function rewriting ``source``'s responses."""
 
   def run(ctx) -> dict:
     from humpback_jax.bft import rewrite_parse as rp
     cfg = ctx.config.bft.rewriter
-    pairs = jsonl.read_jsonl(ctx.run_dir / source_file(source, ctx.config.iterations))
     sampler, params, tok = _rewriter(ctx)
-    partial = ctx.path(f"data/rewritten_{source}.partial.jsonl")
-    with jsonl.JsonlAppender(partial) as out:
-      chunks = list(jsonl.pending_chunks(pairs, out.done_ids, cfg.chunk_size))
-      for _, chunk in _progress(ctx, chunks, f"rewrite {source} (chunks)"):
-        out.append(r for r in rewrite_chunk(sampler, params, tok, chunk, cfg,
-                                            ctx.config.seed_value)
-                   if r["id"] not in out.done_ids)
-      by_id = {r["id"]: r for r in out.records}
-    records = [by_id[p["id"]] for p in pairs]
+    records = _resumable(ctx, source, "rewritten", lambda chunk: rewrite_chunk(
+        sampler, params, tok, chunk, cfg, ctx.config.seed_value))
     kept = [{k: v for k, v in r.items() if k != "attempts"} for r in records
             if r["response"] is not None]
     jsonl.write_jsonl(records, ctx.path(f"data/rewrite_log_{source}.jsonl"))
@@ -135,22 +140,18 @@ def distill_stage(source: str):
   def run(ctx) -> dict:
     from humpback_jax.bft.templates import distill_prompt
     cfg = ctx.config.bft.rewriter
-    pairs = jsonl.read_jsonl(ctx.run_dir / source_file(source, ctx.config.iterations))
     sampler, params, tok = _rewriter(ctx)
-    partial = ctx.path(f"data/distilled_{source}.partial.jsonl")
-    with jsonl.JsonlAppender(partial) as out:
-      chunks = list(jsonl.pending_chunks(pairs, out.done_ids, cfg.chunk_size))
-      for _, chunk in _progress(ctx, chunks, f"distill {source} (chunks)"):
-        texts, finished = sampler.generate_texts(
-            params, [distill_prompt(tok, p["instruction"], template=cfg.chat_format)
-                     for p in chunk], max_new_tokens=cfg.max_new_tokens,
-            strategy=_strategy(cfg), seed=ctx.config.seed_value,
-            keys=[f"{p['id']}#distill" for p in chunk], return_finished=True)
-        out.append({"id": p["id"], "instruction": p["instruction"], "response": t.strip(),
-                    "finished": bool(f)} for p, t, f in zip(chunk, texts, finished)
-                   if p["id"] not in out.done_ids)
-      by_id = {r["id"]: r for r in out.records}
-    records = [by_id[p["id"]] for p in pairs]
+
+    def answer(chunk):
+      texts, finished = sampler.generate_texts(
+          params, [distill_prompt(tok, p["instruction"], template=cfg.chat_format)
+                   for p in chunk], max_new_tokens=cfg.max_new_tokens,
+          strategy=_strategy(cfg), seed=ctx.config.seed_value,
+          keys=[f"{p['id']}#distill" for p in chunk], return_finished=True)
+      return [{"id": p["id"], "instruction": p["instruction"], "response": t.strip(),
+               "finished": bool(f)} for p, t, f in zip(chunk, texts, finished)]
+
+    records = _resumable(ctx, source, "distilled", answer)
     kept = [r for r in records if r["response"]]
     jsonl.write_jsonl(kept, ctx.path(f"data/distilled_{source}.jsonl"))
     return {"count": len(kept), "pairs": len(records), "dropped_empty": len(records) - len(kept),

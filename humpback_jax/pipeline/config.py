@@ -176,7 +176,7 @@ class PipelineConfig:
   final_max_new_tokens: int = 256
   eval_file: str = "eval/alpaca_eval_805_ref_text_davinci_003.json"
   evaluation: EvalConfig = EvalConfig()
-  backward_template: str = "chat"
+  backward_template: str = dataclasses.field(default="chat", metadata={"fingerprint": "if_set"})
   augment_rounds: int = dataclasses.field(default=1, metadata={"fingerprint": "if_set"})
   bft: BFConfig = BFConfig()
   variant_train: TrainConfig = TrainConfig(num_steps=500, lr_schedule="cosine")

@@ -105,13 +105,11 @@ def stage_fingerprint(ctx, stage, producers: dict[str, str], manifest) -> dict[s
     ``{part name: digest}``.
   """
   config = config_dict(ctx.config)
-  parts = {f"config.{k}": _digest(config[k]) for k in stage.config_keys}
-  # Fields added after runs exist: part of the fingerprint only when set to a non-default
-  # value, so that adding one does not make every existing run stale.
-  defaults = {f.name: f.default for f in dataclasses.fields(ctx.config)}
-  for k in getattr(stage, "config_keys_if_set", ()):
-    if k in config and config[k] != defaults.get(k, dataclasses.MISSING):
-      parts[f"config.{k}"] = _digest(config[k])
+  unknown = set(stage.config_keys) - {f.name for f in dataclasses.fields(ctx.config)}
+  if unknown:
+    raise ValueError(f"stage {stage.name}: unknown config keys {sorted(unknown)}")
+  # A key absent from ``config_dict`` is an ``IF_SET`` field at its default: no part.
+  parts = {f"config.{k}": _digest(config[k]) for k in stage.config_keys if k in config}
   if stage.uses_base_model:
     parts["base_model"] = _digest(ctx.base_model_id)
   for rel in stage.external_files(ctx.config):

@@ -38,8 +38,6 @@ class Stage:
     external_files: ``config -> paths`` of the inputs it reads outside the run (relative to
       the data root), part of the fingerprint by content.
     partials: resumable partial files; discarded when the stage reruns from other inputs.
-    config_keys_if_set: scalar ``PipelineConfig`` fields it reads that enter its fingerprint
-      only when set to a non-default value (fields added after runs exist).
   """
 
   name: str
@@ -50,7 +48,6 @@ class Stage:
   uses_base_model: bool = False
   external_files: Callable[..., tuple[str, ...]] = _no_files
   partials: tuple[str, ...] = ()
-  config_keys_if_set: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- data stages
@@ -420,10 +417,10 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
       Stage("prepare_web", (), ("data/segments.jsonl",), prepare_web, ("web",),
             external_files=_web_files),
       Stage("train_backward", ("data/seed.jsonl",), ("models/M_yx/params",), train_backward,
-            ("backward_train",) + train, True, config_keys_if_set=("backward_template",)),
+            ("backward_train", "backward_template") + train, True),
       Stage("augment", ("data/segments.jsonl", "models/M_yx/params"), ("data/candidates.jsonl",),
-            augment, ("augment",) + train, True, partials=("data/candidates.partial.jsonl",),
-            config_keys_if_set=("backward_template",)),
+            augment, ("augment", "backward_template") + train, True,
+            partials=("data/candidates.partial.jsonl",)),
       Stage("train_M0", ("data/seed.jsonl",), ("models/M0/params",), train_forward(0),
             ("forward_train",) + train, True),
   ]
@@ -433,13 +430,11 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
       r = t + 1
       stages.append(Stage(f"train_backward_r{r}", ("data/seed.jsonl", f"data/curated_A{t}.jsonl"),
                           (f"models/M_yx_r{r}/params",), train_backward_round(r),
-                          ("backward_train",) + train, True,
-                          config_keys_if_set=("backward_template",)))
+                          ("backward_train", "backward_template") + train, True))
       stages.append(Stage(f"augment_r{r}", ("data/segments.jsonl", f"models/M_yx_r{r}/params"),
                           (pool,), augment_with(f"M_yx_r{r}", f"candidates_r{r}"),
-                          ("augment",) + train, True,
-                          partials=(f"data/candidates_r{r}.partial.jsonl",),
-                          config_keys_if_set=("backward_template",)))
+                          ("augment", "backward_template") + train, True,
+                          partials=(f"data/candidates_r{r}.partial.jsonl",)))
     stages.append(Stage(f"curate_M{t}", (pool, f"models/M{t}/params"),
                         (f"data/scores_M{t}.jsonl", f"data/curated_A{t + 1}.jsonl"),
                         curate_with(t, pool), ("curation",) + train, True,
