@@ -7,6 +7,7 @@ they name (counts per source in the manifest, the train files), evaluated, and r
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from humpback_jax import jsonl, paths
@@ -89,13 +90,19 @@ def test_rewrite_and_distill_counts(run_dir):
 
 def test_each_variant_trains_on_the_mixture_it_names(run_dir):
   stages = _stages(run_dir)
-  seed = jsonl.read_jsonl(run_dir / "data/seed.jsonl")
+  all_seed = jsonl.read_jsonl(run_dir / "data/seed.jsonl")
+  # PipelineConfig.variant_seed_examples = 20: the first 20 of numpy's permutation with seed
+  # seed_value + 41 (smoke: seed_value 0), the same for every variant.
+  seed = [all_seed[i] for i in np.random.default_rng(41).permutation(len(all_seed))[:20]]
+  assert len(all_seed) > 20
   for variant, rel in VARIANT_FILES.items():
     e = stages[f"train_{variant}"]
     pairs = jsonl.read_jsonl(run_dir / "data" / rel)
     assert sum(e["sources"].values()) == e["count"] == len(seed) + len(pairs)
     assert e["sources"]["seed"] == len(seed) and e["lr_schedule"] == "cosine"
     train = jsonl.read_jsonl(run_dir / f"data/train_{variant}.jsonl")
+    assert [r["id"] for r in train[:len(seed)]] == [r["id"] for r in seed]
+    assert [r["response"] for r in train[:len(seed)]] == [r["response"] for r in seed]
     assert [r["response"] for r in train[len(seed):]] == [p["response"] for p in pairs]
     assert all(r["tags"] == ["Answer with knowledge from web search."]
                for r in train[len(seed):])

@@ -10,6 +10,7 @@ import pytest
 from humpback_jax.bft import rewrite_parse as rp
 from humpback_jax.bft.config import BFConfig, RewriteConfig
 from humpback_jax.bft.stages import VARIANTS, rewrite_chunk, variant_file
+from humpback_jax.bft.templates import rewrite_prompt
 from test_sampler import ByteTokenizer
 
 
@@ -22,6 +23,7 @@ class _ScriptedSampler:
   def generate_texts(self, params, prompts, *, max_new_tokens, strategy, seed, keys,
                      return_finished):
     self.calls.append(list(keys))
+    self.prompts = list(prompts)
     outs = [self.script[k] for k in keys]
     return [t for t, _ in outs], [f for _, f in outs]
 
@@ -68,6 +70,28 @@ def test_accepting_unterminated_rewrites_stops_the_retries():
   out = rewrite_chunk(sampler, None, ByteTokenizer(), PAIRS, cfg, seed=0)
   assert sampler.calls[1] == ["b#rewrite1"]
   assert (out[2]["response"], out[2]["outcome"]) == ("Hello", rp.REWRITTEN_UNTERMINATED)
+
+
+def test_response_prefix_opens_the_turn_and_is_parsed_with_the_output():
+  # SmolLM2-135M-Instruct's behaviour with the prefix "[RES]": the rewrite, then EOS, no [/RES].
+  script = {"a#rewrite0": (" Light scatters off air molecules.", True),
+            "b#rewrite0": (" An apple[/RES]", True),
+            "c#rewrite0": (" Hello, how are", False),  # cut by the budget: not accepted
+            "c#rewrite1": (" Hi there.", True)}
+  cfg = RewriteConfig(response_prefix="[RES]", policy=rp.RewritePolicy(
+      max_retries=1, accept_unterminated=True, accept_cut=False))
+  sampler = _ScriptedSampler(script)
+  out = rewrite_chunk(sampler, None, ByteTokenizer(), PAIRS, cfg, seed=0)
+  assert sampler.calls == [["a#rewrite0", "b#rewrite0", "c#rewrite0"], ["c#rewrite1"]]
+  assert sampler.prompts == [rewrite_prompt(ByteTokenizer(), "Say hi.", "draft c") + "[RES]"]
+  assert [(r["response"], r["outcome"]) for r in out] == [
+      ("Light scatters off air molecules.", rp.REWRITTEN_UNTERMINATED),
+      ("An apple", rp.REWRITTEN), ("Hi there.", rp.REWRITTEN_UNTERMINATED)]
+  assert out[0]["attempts"][0]["raw"] == "[RES] Light scatters off air molecules."
+  # Without the prefix the same outputs have no opening tag.
+  out = rewrite_chunk(_ScriptedSampler(script), None, ByteTokenizer(), PAIRS,
+                      RewriteConfig(policy=rp.RewritePolicy(max_retries=0)), seed=0)
+  assert out[0]["attempts"][0]["status"] == rp.MISSING
 
 
 def test_variants_name_the_data_they_need():

@@ -28,6 +28,13 @@ class RewriteConfig:
     policy: retries and what happens to a pair whose every rewrite failed
       (``bft.rewrite_parse.RewritePolicy``: retry with a new seed up to ``max_retries`` times,
       then keep the draft or drop the pair).
+    response_prefix: text that opens the model's turn (written after the chat template's
+      assistant header, before sampling; the parse reads it with the output). "" = none, as in
+      [BF]. "[RES]" makes a model that ignores the prompt's tag instruction (SmolLM2-135M-
+      Instruct wrote no [RES] in 28 of 28 attempts, docs/bft.md) start inside the block; its
+      text then usually ends with EOS instead of [/RES] (an ``unterminated`` parse, which
+      ``RewritePolicy.accept_unterminated`` with ``accept_cut=False`` accepts). Not in the
+      papers.
   """
 
   model: str = "smollm2"
@@ -40,6 +47,7 @@ class RewriteConfig:
   batch_size: int = 8
   chunk_size: int = 16
   policy: RewritePolicy = RewritePolicy()
+  response_prefix: str = dataclasses.field(default="", metadata={"fingerprint": "if_set"})
 
   def __post_init__(self):
     if self.chat_format not in ("chat", "llama2"):

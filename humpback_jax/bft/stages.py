@@ -19,6 +19,8 @@ records (per-record keys, fixed chunks).
 
 from __future__ import annotations
 
+import dataclasses
+
 from humpback_jax import jsonl
 
 __all__ = ["source_file", "rewrite_stage", "distill_stage", "bft_stages"]
@@ -73,12 +75,14 @@ def rewrite_chunk(sampler, params, tokenizer, chunk: list[dict], cfg, seed: int)
   attempt = 0
   while pending:
     prompts = [rewrite_prompt(tokenizer, p["instruction"], p["response"],
-                              template=cfg.chat_format) for p in pending]
+                              template=cfg.chat_format) + cfg.response_prefix for p in pending]
     texts, finished = sampler.generate_texts(
         params, prompts, max_new_tokens=cfg.max_new_tokens, strategy=_strategy(cfg), seed=seed,
         keys=[f"{p['id']}#rewrite{attempt}" for p in pending], return_finished=True)
     retry = []
     for p, prompt, text, fin in zip(pending, prompts, texts, finished):
+      # The prefix is the start of the model's turn: the parse reads it with the output.
+      text = cfg.response_prefix + text
       parse = rp.parse_rewrite(text, p["response"], prompt=prompt, instruction=p["instruction"],
                                finished=fin)
       attempts[p["id"]].append(parse)
@@ -128,8 +132,8 @@ def rewrite_stage(source: str):
     return {"count": len(kept), "pairs": len(records), "dropped": len(records) - len(kept),
             "source": source, "rewrite": summary,
             "truncated_prompts": sampler.stats.get("truncated_prompts", 0),
-            "policy": {"max_retries": cfg.policy.max_retries,
-                       "on_failure": cfg.policy.on_failure}}
+            "policy": dict(dataclasses.asdict(cfg.policy),
+                           response_prefix=cfg.response_prefix)}
 
   return run
 
@@ -198,14 +202,19 @@ def variant_file(variant: str, iterations: int) -> str:
 
 
 def train_variant(variant: str):
-  """The stage function training the model ``variant`` from the base on the seed (tag S_a)
-  plus ``variant``'s pairs (tag S_w), with ``PipelineConfig.variant_train`` ([BF] §2 step 4:
-  cosine schedule); the counts per source go to the manifest."""
+  """The stage function training the model ``variant`` from the base on the seed (tag S_a;
+  ``PipelineConfig.variant_seed_examples`` of them when set) plus ``variant``'s pairs (tag S_w),
+  with ``PipelineConfig.variant_train`` ([BF] §2 step 4: cosine schedule); the counts per source
+  go to the manifest."""
 
   def run(ctx) -> dict:
     from humpback_jax.data import templates
+    from humpback_jax.eval.scaling import nested_subset
     from humpback_jax.pipeline.stages import _seed_records, _train
     records = _seed_records(ctx)
+    if ctx.config.variant_seed_examples is not None:
+      records = nested_subset(records, ctx.config.variant_seed_examples,
+                              ctx.config.seed_value + 41)
     n_seed = len(records)
     pairs = jsonl.read_jsonl(ctx.run_dir / variant_file(variant, ctx.config.iterations))
     records += [{"id": p["id"], "instruction": p["instruction"], "response": p["response"],
@@ -225,7 +234,8 @@ def variant_stages(cfg, iterations: int) -> list:
     return []
   return [Stage(f"train_{v}", ("data/seed.jsonl", variant_file(v, iterations)),
                 (f"models/{v}/params",), train_variant(v),
-                ("variant_train", "seed_value", "base", "iterations"), True)
+                ("variant_train", "variant_seed_examples", "seed_value", "base", "iterations"),
+                True)
           for v in cfg.variants]
 
 

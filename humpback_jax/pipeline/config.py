@@ -157,6 +157,12 @@ class PipelineConfig:
       trained on them (``bft/``).
     variant_train: fine-tuning of the [BF] variant models (gin scope ``variant/``; cosine
       schedule, [BF] §2 step 4).
+    variant_seed_examples: seed pairs in each variant model's mixture: None = the whole seed
+      ([BF] §2 step 4: seed + the variant's data); N = the same N for every variant, the first N
+      of a permutation drawn from the run's seed (``eval.scaling.nested_subset``, seed
+      ``seed_value + 41``; the subsets of one run are nested). Not in the papers: at demo scale
+      a pool of a few web pairs is lost among hundreds of seed pairs, while [BF]'s mixture is
+      ~94% web (3.2K seed, 51K web); a small N keeps the variants' data visible.
     evaluation: the evaluation stages (answers, judge, curation quality, analyses); none
       unless ``EvalConfig.models`` names models (``configs/eval_demo.gin``).
   """
@@ -180,11 +186,17 @@ class PipelineConfig:
   augment_rounds: int = dataclasses.field(default=1, metadata={"fingerprint": "if_set"})
   bft: BFConfig = BFConfig()
   variant_train: TrainConfig = TrainConfig(num_steps=500, lr_schedule="cosine")
+  variant_seed_examples: int | None = dataclasses.field(default=None,
+                                                        metadata={"fingerprint": "if_set"})
 
   def __post_init__(self):
     if not 1 <= self.augment_rounds <= max(1, self.iterations):
       raise ValueError(f"PipelineConfig.augment_rounds={self.augment_rounds}: expected 1.."
                        f"iterations ({self.iterations})")
+    if self.variant_seed_examples is not None and (
+        not isinstance(self.variant_seed_examples, int) or self.variant_seed_examples < 0):
+      raise ValueError(f"PipelineConfig.variant_seed_examples={self.variant_seed_examples!r}: "
+                       "expected None or an int >= 0")
     if self.backward_template not in ("chat", "llama2"):
       raise ValueError(f"PipelineConfig.backward_template={self.backward_template!r}: "
                        "expected 'chat' or 'llama2'")
