@@ -42,9 +42,11 @@ def bft_section(stages: dict) -> list[str]:
                  "max_new_tokens).")
   if variants:
     lines += ["", "| variant model | training mixture (examples per source) | schedule | "
-              "final held-out loss |", "|---|---|---|---:|"]
+              "steps | final training loss | final held-out loss |",
+              "|---|---|---|---:|---:|---:|"]
     for name, e in variants.items():
-      loss = e.get("final_eval_loss")
+      train, loss = e.get("final_loss"), e.get("final_eval_loss")
       lines.append(f"| {name[len('train_'):]} | {e['sources']} | {e.get('lr_schedule')} | "
+                   f"{e.get('steps', '–')} | {'–' if train is None else f'{train:.3f}'} | "
                    f"{'–' if loss is None else f'{loss:.3f}'} |")
   return lines
