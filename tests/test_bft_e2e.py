@@ -65,6 +65,25 @@ def test_iterative_augmentation(run_dir):
   assert stages["curate_M1"]["scored"] == len(pool)
 
 
+def test_curation_quality_compares_each_iteration_with_labels_of_its_own_pool(run_dir):
+  q = json.loads((run_dir / "eval/curation_quality.json").read_text())
+  # augment_rounds = 2: M0 curated round 1's pool, M1 round 2's (same segment ids, new
+  # instructions): each pool was sampled and labelled on its own.
+  assert set(q["pools"]) == {"data/candidates.jsonl", "data/candidates_r2.jsonl"}
+  for t, pool, labels_rel in [(0, "data/candidates.jsonl", "eval/reference_labels.jsonl"),
+                              (1, "data/candidates_r2.jsonl", "eval/reference_labels_r2.jsonl")]:
+    labels = jsonl.read_jsonl(run_dir / labels_rel)
+    by_id = {r["id"]: r for r in jsonl.read_jsonl(run_dir / pool)}
+    assert labels and all(r["instruction"] == by_id[r["id"]]["instruction"] for r in labels)
+    truth = {r["id"]: r["score"] is not None and r["score"] >= q["threshold"] for r in labels}
+    scores = {r["id"]: r["score"] for r in jsonl.read_jsonl(run_dir / f"data/scores_M{t}.jsonl")}
+    sel = {i for i in truth if scores.get(i) is not None and scores[i] >= q["threshold"]}
+    e = q["iterations"][f"M{t}"]
+    assert e["pool"] == pool and e["selected"] == len(sel)
+    assert e["true_positive"] == sum(truth[i] for i in sel)
+  assert q["count"] == sum(p["count"] for p in q["pools"].values())
+
+
 def test_rewrite_and_distill_counts(run_dir):
   stages = _stages(run_dir)
   for source, src_file in (("curated", "curated_A2.jsonl"), ("candidates", "candidates.jsonl")):

@@ -376,8 +376,21 @@ def test_endpoint_reference_labels_parse_the_written_score(tmp_path, monkeypatch
       path=lambda rel: tmp_path / rel)
   sample = [{"id": "a", "instruction": "q", "response": "xyzzy answer"},
             {"id": "b", "instruction": "q", "response": "bad"}]
-  labels = stages._endpoint_reference_labels(ctx, sample)
+  partial = tmp_path / "eval/reference_labels.partial.jsonl"
+  labels = stages._endpoint_reference_labels(ctx, sample, partial)
   assert [(r["id"], r["score"]) for r in labels] == [("a", 4), ("b", None)]
   assert seen[0] == ("http://127.0.0.1:1/v1", "ref", "sk-test")
   # resumable: a rerun reads the partial file and asks nothing
-  assert stages._endpoint_reference_labels(ctx, sample) == labels and len(seen) == 2
+  assert stages._endpoint_reference_labels(ctx, sample, partial) == labels and len(seen) == 2
+
+
+def test_each_candidate_pool_gets_its_own_reference_labels():
+  from humpback_jax.eval.stages import labels_file, quality_pools
+  # augment_rounds R: M_t curates round min(t + 1, R)'s pool (PipelineConfig.augment_rounds).
+  assert quality_pools(2, 1) == {"data/candidates.jsonl": [0, 1]}
+  assert quality_pools(2, 2) == {"data/candidates.jsonl": [0], "data/candidates_r2.jsonl": [1]}
+  assert quality_pools(3, 2) == {"data/candidates.jsonl": [0], "data/candidates_r2.jsonl": [1, 2]}
+  assert labels_file("data/candidates.jsonl") == "eval/reference_labels.jsonl"
+  assert labels_file("data/candidates_r2.jsonl", partial=True) == (
+      "eval/reference_labels_r2.partial.jsonl")
+

@@ -121,11 +121,11 @@ def evaluation_section(run_dir) -> list[str]:
               "0.88 / 0.92)", "",
               f"{quality['count']} candidates labelled by the reference `{quality['reference']}`"
               f" (its score >= {quality['threshold']}: {quality['reference_positive']} positive).",
-              "", "| selection by | selected | true positive | precision | recall |",
-              "|---|---:|---:|---:|---:|"]
+              "", "| selection by | candidates labelled | selected | true positive | "
+              "precision | recall |", "|---|---|---:|---:|---:|---:|"]
     for name, q in quality["iterations"].items():
-      lines.append(f"| {name} | {q['selected']} | {q['true_positive']} | "
-                   f"{_f(q['precision'])} | {_f(q['recall'])} |")
+      lines.append(f"| {name} | `{q.get('pool', 'data/candidates.jsonl')}` | {q['selected']} | "
+                   f"{q['true_positive']} | {_f(q['precision'])} | {_f(q['recall'])} |")
   if analyses:
     lines += ["", "### Data analyses", ""]
     lines += _analyses_lines(analyses)

@@ -167,41 +167,72 @@ def judge_stage(ctx) -> dict:
           **{k: v for k, v in judge.stats.items()}}
 
 
+def labels_file(pool: str, partial: bool = False) -> str:
+  """The reference labels of candidate pool ``pool`` (``data/candidates.jsonl`` ->
+  ``eval/reference_labels.jsonl``; ``data/candidates_r<r>.jsonl`` ->
+  ``eval/reference_labels_r<r>.jsonl``)."""
+  stem = pool.rsplit("/", 1)[-1][:-len(".jsonl")].replace("candidates", "reference_labels")
+  return f"eval/{stem}{'.partial' if partial else ''}.jsonl"
+
+
+def quality_pools(iterations: int, augment_rounds: int) -> dict[str, list[int]]:
+  """Candidate pool file -> the iterations t whose M_t curates it
+  (``pipeline.stages.candidates_file``: one pool unless ``augment_rounds`` > 1)."""
+  from humpback_jax.pipeline.stages import candidates_file
+  pools: dict[str, list[int]] = {}
+  for t in range(iterations):
+    pools.setdefault(candidates_file(t, augment_rounds), []).append(t)
+  return pools
+
+
 def curation_quality_stage(ctx) -> dict:
   """Precision / recall of each iteration's selection A_k^(t+1) (M_t's score >= k) against
-  the reference judge's labels (its score >= k) on a seeded sample of the candidates
-  ([HB] §4.3: M0 0.44 / 0.09, M1 0.52 / 0.44, GPT-4 0.88 / 0.92 on 250 labelled pairs).
-  The reference is ``EvalConfig.judge`` (same prompt, log-prob read-out) or the endpoint
-  ``EvalConfig.judge_endpoint`` (its written score, parsed)."""
+  the reference judge's labels (its score >= k) on a seeded sample of the candidates M_t
+  curated ([HB] §4.3: M0 0.44 / 0.09, M1 0.52 / 0.44, GPT-4 0.88 / 0.92 on 250 labelled pairs).
+  With iterative augmentation (``PipelineConfig.augment_rounds`` > 1) each pool is sampled and
+  labelled on its own (``eval/reference_labels[_r<r>].jsonl``): M_t's scores are compared with
+  labels of the instructions it scored. The reference is ``EvalConfig.judge`` (same prompt,
+  log-prob read-out) or the endpoint ``EvalConfig.judge_endpoint`` (its written score,
+  parsed). The top-level ``count`` / ``unlabelled`` / ``reference_positive`` sum the pools."""
   import numpy as np
   cfg = ctx.config.evaluation
-  cur = ctx.config.curation
-  candidates = jsonl.read_jsonl(ctx.run_dir / "data/candidates.jsonl")
-  order = np.random.default_rng(ctx.config.seed_value + 7).permutation(len(candidates))
-  sample = [candidates[i] for i in sorted(order[:cfg.quality_sample])]
-  if cfg.judge:
-    labels = _local_reference_labels(ctx, sample)
-  else:  # an OpenAI-compatible endpoint writes its rating; the parsed score is the label
-    labels = _endpoint_reference_labels(ctx, sample)
-  jsonl.write_jsonl(labels, ctx.path("eval/reference_labels.jsonl"))
-  if hosts.is_writer():
-    (ctx.run_dir / "eval/reference_labels.partial.jsonl").unlink(missing_ok=True)
-  k = cur.threshold
-  truth = {r["id"]: r["score"] is not None and r["score"] >= k for r in labels}
-  out = {"count": len(sample), "threshold": k,
+  k = ctx.config.curation.threshold
+  out = {"count": 0, "threshold": k,
          "reference": cfg.judge or f"{cfg.judge_endpoint} ({cfg.judge_model_name})",
-         "unlabelled": sum(1 for r in labels if r["score"] is None),
-         "reference_positive": int(sum(truth.values())), "iterations": {}}
-  for t in range(ctx.config.iterations):
-    scores = {r["id"]: r.get("score") for r in
-              jsonl.read_jsonl(ctx.run_dir / f"data/scores_M{t}.jsonl")}
-    pred = {i: scores.get(i) is not None and scores[i] >= k for i in truth}
-    out["iterations"][f"M{t}"] = precision_recall(pred, truth)
+         "unlabelled": 0, "reference_positive": 0, "pools": {}, "iterations": {}}
+  for pool, iterations in quality_pools(ctx.config.iterations,
+                                        ctx.config.augment_rounds).items():
+    candidates = jsonl.read_jsonl(ctx.run_dir / pool)
+    order = np.random.default_rng(ctx.config.seed_value + 7).permutation(len(candidates))
+    sample = [candidates[i] for i in sorted(order[:cfg.quality_sample])]
+    partial = ctx.path(labels_file(pool, partial=True))
+    if cfg.judge:
+      labels = _local_reference_labels(ctx, sample, partial)
+    else:  # an OpenAI-compatible endpoint writes its rating; the parsed score is the label
+      labels = _endpoint_reference_labels(ctx, sample, partial)
+    by_id = {c["id"]: c for c in sample}
+    labels = [dict(r, instruction=by_id[r["id"]]["instruction"]) for r in labels]
+    jsonl.write_jsonl(labels, ctx.path(labels_file(pool)))
+    if hosts.is_writer():
+      partial.unlink(missing_ok=True)
+    truth = {r["id"]: r["score"] is not None and r["score"] >= k for r in labels}
+    entry = {"count": len(sample), "labels": labels_file(pool),
+             "unlabelled": sum(1 for r in labels if r["score"] is None),
+             "reference_positive": int(sum(truth.values())),
+             "curated_by": [f"M{t}" for t in iterations]}
+    out["pools"][pool] = entry
+    for key in ("count", "unlabelled", "reference_positive"):
+      out[key] += entry[key]
+    for t in iterations:
+      scores = {r["id"]: r.get("score") for r in
+                jsonl.read_jsonl(ctx.run_dir / f"data/scores_M{t}.jsonl")}
+      pred = {i: scores.get(i) is not None and scores[i] >= k for i in truth}
+      out["iterations"][f"M{t}"] = dict(precision_recall(pred, truth), pool=pool)
   ctx.write_json("eval/curation_quality.json", out)
   return out
 
 
-def _local_reference_labels(ctx, sample: list[dict]) -> list[dict]:
+def _local_reference_labels(ctx, sample: list[dict], partial) -> list[dict]:
   """The reference model ``EvalConfig.judge`` rates ``sample`` with the curation prompt and
   the log-prob read-out (``CurationConfig``, mode "logprob"); resumable."""
   from humpback_jax.curate import rate
@@ -216,11 +247,11 @@ def _local_reference_labels(ctx, sample: list[dict]) -> list[dict]:
   return rate.rate_pairs(sample, sampler=sampler, params=params, tokenizer=tok,
                          cfg=dataclasses.replace(cur, mode="logprob"),
                          seed=ctx.config.seed_value, progress=ctx.progress,
-                         partial_path=ctx.path("eval/reference_labels.partial.jsonl"),
+                         partial_path=partial,
                          desc="reference labels (chunks)")
 
 
-def _endpoint_reference_labels(ctx, sample: list[dict]) -> list[dict]:
+def _endpoint_reference_labels(ctx, sample: list[dict], partial) -> list[dict]:
   """``EvalConfig.judge_endpoint`` answers the curation prompt ([HB] Table 19) greedily, up to
   512 tokens; its "Score: N" is parsed (``curate.parse``; None when there is none, counted as
   ``unlabelled``). Resumable by chunks of ``CurationConfig.chunk_size``."""
@@ -232,7 +263,7 @@ def _endpoint_reference_labels(ctx, sample: list[dict]) -> list[dict]:
   cfg, cur = ctx.config.evaluation, ctx.config.curation
   backend = OpenAIChoiceBackend(cfg.judge_endpoint, cfg.judge_model_name or "default",
                                 api_key=os.environ.get(cfg.judge_api_key_env))
-  with jsonl.JsonlAppender(ctx.path("eval/reference_labels.partial.jsonl")) as out:
+  with jsonl.JsonlAppender(partial) as out:
     for _, chunk in jsonl.pending_chunks(sample, out.done_ids, cur.chunk_size):
       texts = backend.generate([RATING_PROMPT.format(instruction=c["instruction"],
                                                      output=c["response"]) for c in chunk],
@@ -273,9 +304,9 @@ def _prompts_file(config) -> tuple[str, ...]:
   return (config.evaluation.prompts_file,)
 
 
-def eval_stages(cfg, iterations: int) -> list:
+def eval_stages(cfg, iterations: int, augment_rounds: int = 1) -> list:
   """The evaluation stages for ``EvalConfig`` ``cfg`` (none when it names no model) of a run
-  with ``iterations`` curation rounds."""
+  with ``iterations`` curation rounds and ``augment_rounds`` candidate pools."""
   from humpback_jax.pipeline.stages import Stage
   if cfg is None or not cfg.models:
     return []
@@ -301,12 +332,12 @@ def eval_stages(cfg, iterations: int) -> list:
                         external_files=_prompts_file,
                         partials=("eval/judgments.partial.jsonl",)))
   if cfg.quality_sample and cfg.judged:
+    pools = quality_pools(iterations, augment_rounds)
     stages.append(Stage("curation_quality",
-                        ("data/candidates.jsonl",) + tuple(
-                            f"data/scores_M{t}.jsonl" for t in range(iterations)),
+                        tuple(pools) + tuple(f"data/scores_M{t}.jsonl" for t in range(iterations)),
                         ("eval/curation_quality.json",), curation_quality_stage,
-                        keys + ("curation", "iterations"), False,
-                        partials=("eval/reference_labels.partial.jsonl",)))
+                        keys + ("curation", "iterations", "augment_rounds"), False,
+                        partials=tuple(labels_file(p, partial=True) for p in pools)))
   if cfg.analyses:
     inputs = ("data/seed.jsonl", "data/candidates.jsonl") + tuple(
         f"data/scores_M{t}.jsonl" for t in range(iterations)) + tuple(

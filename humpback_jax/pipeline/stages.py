@@ -454,5 +454,5 @@ def pipeline_stages(iterations: int = 2, export_hf: bool = True,
   from humpback_jax.bft.stages import bft_stages, variant_stages
   stages += bft_stages(bft, iterations) + variant_stages(bft, iterations)
   from humpback_jax.eval.stages import eval_stages
-  stages += eval_stages(evaluation, iterations)
+  stages += eval_stages(evaluation, iterations, augment_rounds)
   return stages
