@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from humpback_jax import fs, hosts
 from humpback_jax.errors import DiskFullError, InputError, is_disk_full
@@ -194,3 +194,43 @@ def pending_chunks(items: Sequence[dict], done_ids, chunk_size: int,
     chunk = list(items[start:start + chunk_size])
     if any(r[id_key] not in done_ids for r in chunk):
       yield j, chunk
+
+
+def resumable_map(items: Sequence[dict], run_chunk: Callable[[list[dict]], Iterable[dict]],
+                  partial_path: str | os.PathLike | None, chunk_size: int, *,
+                  progress: bool = False, desc: str | None = None,
+                  id_key: str = "id") -> list[dict]:
+  """``run_chunk`` over the fixed chunks of ``items`` (``pending_chunks``), each finished chunk
+  appended to ``partial_path`` (``JsonlAppender``) so that a rerun skips it and computes the rest
+  in the same chunks as an uninterrupted run. The loop of every resumable sampling stage.
+
+  Args:
+    items: the work items, each with a unique ``id_key``.
+    run_chunk: ``chunk -> records``, one record per item of the chunk, with the item's id.
+    partial_path: the partial file; None keeps nothing (every chunk runs).
+    chunk_size: items per chunk (>= 1).
+    progress: show a tqdm bar over the pending chunks, titled ``desc``.
+    id_key: the id field of items and records.
+  Returns:
+    The records in the order of ``items``.
+  Raises:
+    ValueError: ``chunk_size < 1``.
+    KeyError: ``run_chunk`` returned no record for an item.
+  """
+  def run(chunks, done_ids, keep):
+    chunks = list(chunks)
+    if progress and chunks:
+      from tqdm.auto import tqdm
+      chunks = tqdm(chunks, desc=desc)
+    for _, chunk in chunks:
+      keep(r for r in run_chunk(chunk) if r[id_key] not in done_ids)
+
+  if partial_path is None:
+    rows: dict = {}
+    run(pending_chunks(items, (), chunk_size, id_key), (),
+        lambda records: rows.update((r[id_key], r) for r in records))
+  else:
+    with JsonlAppender(partial_path, id_key) as out:
+      run(pending_chunks(items, out.done_ids, chunk_size, id_key), out.done_ids, out.append)
+      rows = {r[id_key]: r for r in out.records}
+  return [rows[x[id_key]] for x in items]

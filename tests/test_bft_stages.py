@@ -148,3 +148,49 @@ def test_self_instruct_pool_dedupes_by_rouge_and_is_deterministic():
   assert calls[0] == ["self_instruct/0/0", "self_instruct/0/1"]
   calls.clear()
   assert si.grow_pool(generate, seeds, cfg, seed=0) == (new, stats)
+
+
+def test_an_interrupted_rewrite_resumes_to_the_same_records(tmp_path):
+  """``_resumable``: finished chunks are kept in the partial file and skipped by a rerun; each
+  row's sampling key depends only on its id and attempt, so the resumed records equal an
+  uninterrupted run's."""
+  import types
+
+  from humpback_jax import jsonl
+  from humpback_jax.bft.stages import _resumable
+  script = {f"{c}#rewrite{k}": (f"[RES] {c} v{k} [/RES]" if k else "no tags", True)
+            for c in "abcde" for k in range(2)}
+  pairs = [{"id": c, "instruction": f"q {c}", "response": f"draft {c}"} for c in "abcde"]
+
+  def ctx_for(run_dir):
+    jsonl.write_jsonl(pairs, run_dir / "data/curated_A1.jsonl")
+    return types.SimpleNamespace(
+        run_dir=run_dir, path=lambda rel: run_dir / rel, progress=False,
+        config=types.SimpleNamespace(iterations=1, bft=BFConfig(rewriter=cfg)))
+
+  cfg = RewriteConfig(chunk_size=2, policy=rp.RewritePolicy(max_retries=1))
+  (tmp_path / "a" / "data").mkdir(parents=True)
+  (tmp_path / "b" / "data").mkdir(parents=True)
+  whole = _resumable(ctx_for(tmp_path / "a"), "curated", "rewritten", lambda chunk: rewrite_chunk(
+      _ScriptedSampler(script), None, ByteTokenizer(), chunk, cfg, seed=0))
+  assert [r["response"] for r in whole] == [f"{c} v1" for c in "abcde"]
+
+  ctx = ctx_for(tmp_path / "b")
+  calls = []
+
+  def dies_on_the_second_chunk(chunk):
+    calls.append([p["id"] for p in chunk])
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return rewrite_chunk(_ScriptedSampler(script), None, ByteTokenizer(), chunk, cfg, seed=0)
+
+  with pytest.raises(KeyboardInterrupt):
+    _resumable(ctx, "curated", "rewritten", dies_on_the_second_chunk)
+  assert [r["id"] for r in jsonl.read_jsonl(
+      tmp_path / "b/data/rewritten_curated.partial.jsonl")] == ["a", "b"]
+  calls.clear()
+  resumed = _resumable(ctx, "curated", "rewritten", lambda chunk: (
+      calls.append([p["id"] for p in chunk]) or rewrite_chunk(
+          _ScriptedSampler(script), None, ByteTokenizer(), chunk, cfg, seed=0)))
+  assert calls == [["c", "d"], ["e"]]
+  assert resumed == whole

@@ -97,6 +97,34 @@ def test_pending_chunks_are_fixed_by_position_in_the_whole_input():
     list(jsonl.pending_chunks(items, set(), 0))
 
 
+def test_resumable_map_skips_finished_chunks_and_returns_items_in_order(tmp_path):
+  items = [{"id": f"x{i}"} for i in range(7)]
+  seen = []
+
+  def run_chunk(chunk):
+    seen.append([r["id"] for r in chunk])
+    if len(seen) == 3:
+      raise KeyboardInterrupt
+    return [{"id": r["id"], "value": r["id"].upper()} for r in reversed(chunk)]
+
+  partial = tmp_path / "out.partial.jsonl"
+  with pytest.raises(KeyboardInterrupt):
+    jsonl.resumable_map(items, run_chunk, partial, 3)
+  assert [r["id"] for r in jsonl.read_jsonl(partial)] == ["x2", "x1", "x0", "x5", "x4", "x3"]
+  # the rerun computes only the unfinished chunk; records come back in the items' order
+  seen.clear()
+  out = jsonl.resumable_map(items, lambda c: seen.append([r["id"] for r in c]) or [
+      {"id": r["id"], "value": "new " + r["id"]} for r in c], partial, 3)
+  assert seen == [["x6"]]
+  assert [r["value"] for r in out] == ["X0", "X1", "X2", "X3", "X4", "X5", "new x6"]
+  assert len(jsonl.read_jsonl(partial)) == 7
+  # no partial file: every chunk runs, nothing written
+  out = jsonl.resumable_map(items, lambda c: [{"id": r["id"], "n": 1} for r in c], None, 4)
+  assert [r["id"] for r in out] == [r["id"] for r in items]
+  with pytest.raises(KeyError):
+    jsonl.resumable_map(items, lambda c: c[:1], None, 2)
+
+
 def test_manifest_records_stages(tmp_path):
   m = Manifest(tmp_path)
   m.start("s1")

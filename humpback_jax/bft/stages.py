@@ -52,13 +52,6 @@ def _strategy(cfg):
                                                          top_p=cfg.top_p)
 
 
-def _progress(ctx, items, desc):
-  if not ctx.progress or not items:
-    return items
-  from tqdm.auto import tqdm
-  return tqdm(items, desc=desc)
-
-
 def rewrite_chunk(sampler, params, tokenizer, chunk: list[dict], cfg, seed: int) -> list[dict]:
   """Rewrites one chunk of pairs with retries; one record per pair (also the dropped ones).
 
@@ -105,12 +98,10 @@ def _resumable(ctx, source: str, out_name: str, run_chunk) -> list[dict]:
   ``RewriteConfig.chunk_size``, finished chunks kept in ``data/<out_name>_<source>.partial.jsonl``
   (a rerun skips them); the records in the order of the pairs."""
   pairs = jsonl.read_jsonl(ctx.run_dir / source_file(source, ctx.config.iterations))
-  with jsonl.JsonlAppender(ctx.path(f"data/{out_name}_{source}.partial.jsonl")) as out:
-    chunks = list(jsonl.pending_chunks(pairs, out.done_ids, ctx.config.bft.rewriter.chunk_size))
-    for _, chunk in _progress(ctx, chunks, f"{out_name} {source} (chunks)"):
-      out.append(r for r in run_chunk(chunk) if r["id"] not in out.done_ids)
-    by_id = {r["id"]: r for r in out.records}
-  return [by_id[p["id"]] for p in pairs]
+  return jsonl.resumable_map(pairs, run_chunk,
+                             ctx.path(f"data/{out_name}_{source}.partial.jsonl"),
+                             ctx.config.bft.rewriter.chunk_size, progress=bool(ctx.progress),
+                             desc=f"{out_name} {source} (chunks)")
 
 
 def rewrite_stage(source: str):

@@ -61,13 +61,6 @@ def rate_pairs(pairs: Sequence[dict], *, sampler, params, tokenizer, cfg: Curati
   Returns:
     One record per pair, in the order of ``pairs``.
   """
-  with jsonl.JsonlAppender(partial_path) as out:
-    chunks = list(jsonl.pending_chunks(pairs, out.done_ids, cfg.chunk_size))
-    if progress:
-      from tqdm.auto import tqdm
-      chunks = tqdm(chunks, desc=desc)
-    for _, chunk in chunks:
-      records = score_candidates(sampler, params, tokenizer, chunk, cfg, seed=seed)
-      out.append(r for r in records if r["id"] not in out.done_ids)
-    by_id = {r["id"]: r for r in out.records}
-  return [by_id[p["id"]] for p in pairs]
+  return jsonl.resumable_map(
+      pairs, lambda chunk: score_candidates(sampler, params, tokenizer, chunk, cfg, seed=seed),
+      partial_path, cfg.chunk_size, progress=progress, desc=desc)

@@ -69,7 +69,6 @@ def generate_answers(sampler, params, tokenizer, prompts: Sequence[EvalPrompt], 
   from humpback_jax.sample.sampling import Greedy, Sampling
   strategy = Greedy() if cfg.temperature == 0 else Sampling(temperature=cfg.temperature,
                                                                top_p=cfg.top_p)
-  rows: dict[str, dict] = {}
 
   def run_chunk(chunk):
     texts, finished = sampler.generate_texts(
@@ -79,19 +78,9 @@ def generate_answers(sampler, params, tokenizer, prompts: Sequence[EvalPrompt], 
     return [{"id": p["id"], "output": t.strip(), "finished": bool(f)}
             for p, t, f in zip(chunk, texts, finished)]
 
-  if partial_path is None:
-    for start in range(0, len(prompts), cfg.chunk_size):
-      for r in run_chunk(list(prompts[start:start + cfg.chunk_size])):
-        rows[r["id"]] = r
-  else:
-    with jsonl.JsonlAppender(partial_path) as out:
-      chunks = list(jsonl.pending_chunks(list(prompts), out.done_ids, cfg.chunk_size))
-      if progress and chunks:
-        from tqdm.auto import tqdm
-        chunks = tqdm(chunks, desc=f"answer {generator} (chunks)")
-      for _, chunk in chunks:
-        out.append(r for r in run_chunk(chunk) if r["id"] not in out.done_ids)
-      rows = {r["id"]: r for r in out.records}
+  rows = {r["id"]: r for r in jsonl.resumable_map(
+      list(prompts), run_chunk, partial_path, cfg.chunk_size, progress=progress,
+      desc=f"answer {generator} (chunks)")}
   records = [{"instruction": p["instruction"], "output": rows[p["id"]]["output"],
               "generator": generator, "dataset": p["dataset"]} for p in prompts]
   lengths = [len(tokenizer.encode(r["output"], add_bos=False)) for r in records]

@@ -263,15 +263,15 @@ def _endpoint_reference_labels(ctx, sample: list[dict], partial) -> list[dict]:
   cfg, cur = ctx.config.evaluation, ctx.config.curation
   backend = OpenAIChoiceBackend(cfg.judge_endpoint, cfg.judge_model_name or "default",
                                 api_key=os.environ.get(cfg.judge_api_key_env))
-  with jsonl.JsonlAppender(partial) as out:
-    for _, chunk in jsonl.pending_chunks(sample, out.done_ids, cur.chunk_size):
-      texts = backend.generate([RATING_PROMPT.format(instruction=c["instruction"],
-                                                     output=c["response"]) for c in chunk],
-                               max_tokens=512, temperature=0.0, seed=ctx.config.seed_value)
-      out.append({"id": c["id"], "score": parse_score(t), "raw_output": t}
-                 for c, t in zip(chunk, texts) if c["id"] not in out.done_ids)
-    by_id = {r["id"]: r for r in out.records}
-  return [by_id[c["id"]] for c in sample]
+
+  def rate(chunk):
+    texts = backend.generate([RATING_PROMPT.format(instruction=c["instruction"],
+                                                   output=c["response"]) for c in chunk],
+                             max_tokens=512, temperature=0.0, seed=ctx.config.seed_value)
+    return [{"id": c["id"], "score": parse_score(t), "raw_output": t}
+            for c, t in zip(chunk, texts)]
+
+  return jsonl.resumable_map(sample, rate, partial, cur.chunk_size)
 
 
 def precision_recall(predicted: dict, truth: dict) -> dict:

@@ -249,21 +249,19 @@ def _augment(ctx: RunContext, model: str, out_name: str) -> dict:
   model_cfg, params = _load_trained(ctx, model)
   sampler, params = _sampler(ctx, model_cfg, cfg, "GenerationConfig", params)
   strategy = Sampling(temperature=cfg.temperature, top_p=cfg.top_p)
-  partial = ctx.path(f"data/{out_name}.partial.jsonl")
-  with jsonl.JsonlAppender(partial) as out:
-    chunks = list(jsonl.pending_chunks(segments, out.done_ids, cfg.chunk_size))
-    for _, chunk in _progress(ctx, chunks, "augment (chunks)"):
-      prompts = [backward_prompt_for(_backward_kind(ctx), ctx.tokenizer, s["text"])
-                 for s in chunk]
-      texts, finished = sampler.generate_texts(
-          params, prompts, max_new_tokens=cfg.max_new_tokens, strategy=strategy,
-          seed=ctx.config.seed_value, keys=[s["id"] for s in chunk], return_finished=True)
-      out.append({"id": s["id"], "instruction": templates.parse_backward_output(x),
-                  "response": s["text"], "header": s.get("header"), "source": s.get("source"),
-                  "finished": f, "raw_output": x}
-                 for s, x, f in zip(chunk, texts, finished) if s["id"] not in out.done_ids)
-    by_id = {r["id"]: r for r in out.records}
-  records = [by_id[s["id"]] for s in segments]
+
+  def backtranslate(chunk):
+    prompts = [backward_prompt_for(_backward_kind(ctx), ctx.tokenizer, s["text"]) for s in chunk]
+    texts, finished = sampler.generate_texts(
+        params, prompts, max_new_tokens=cfg.max_new_tokens, strategy=strategy,
+        seed=ctx.config.seed_value, keys=[s["id"] for s in chunk], return_finished=True)
+    return [{"id": s["id"], "instruction": templates.parse_backward_output(x),
+             "response": s["text"], "header": s.get("header"), "source": s.get("source"),
+             "finished": f, "raw_output": x} for s, x, f in zip(chunk, texts, finished)]
+
+  records = jsonl.resumable_map(segments, backtranslate,
+                                ctx.path(f"data/{out_name}.partial.jsonl"), cfg.chunk_size,
+                                progress=bool(ctx.progress), desc="augment (chunks)")
   empty = [r for r in records if not r["instruction"]]
   unfinished = [r for r in records if r["instruction"] and not r.get("finished", True)]
   kept = [r for r in records if r["instruction"]
@@ -382,13 +380,6 @@ def export_final(ctx: RunContext) -> dict:
       save_hf(model_cfg, params, d + "/hf", tokenizer=ctx.tokenizer)
       fs.replace(d + "/hf", out, marker="config.json")
   return {"count": 1, "path": rel}
-
-
-def _progress(ctx, it, desc):
-  if not ctx.progress:
-    return it
-  from tqdm.auto import tqdm
-  return tqdm(it, desc=desc)
 
 
 def _seed_files(config) -> tuple[str, ...]:
