@@ -96,6 +96,8 @@ def test_rewrite_and_distill_counts(run_dir):
     assert len(kept) == e["count"] == sum(r["response"] is not None for r in log)
     assert sum(e["rewrite"]["outcomes"].values()) == len(log)
     assert e["rewrite"]["attempts"] == sum(len(r["attempts"]) for r in log)
+    accepted = sum(r["outcome"] in ("rewritten", "rewritten_unterminated") for r in log)
+    assert e["rewrite"]["failed_attempts"] == e["rewrite"]["attempts"] - accepted
     for r in log:  # keep_draft: a pair whose every attempt failed keeps its draft
       if r["outcome"] == "kept_draft":
         assert r["response"] == r["draft"] and len(r["attempts"]) == 2  # max_retries = 1

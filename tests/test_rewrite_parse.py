@@ -281,6 +281,8 @@ def test_summarize():
       "final_statuses": {rp.OK: 4, rp.MISSING: 0, rp.EMPTY: 1, rp.UNTERMINATED: 1,
                          rp.NESTED: 1, rp.COPIED_PROMPT: 0},
       "first_attempt_ok_rate": 3 / 7,
+      "failed_attempts": 6,  # 11 attempts, 5 accepted (one per rewritten row)
+      "failure_rate": 6 / 11,
       "cut_attempts": 1,
       "identical_to_draft": 1,
       "multiple_blocks": 1,
@@ -288,6 +290,7 @@ def test_summarize():
   }
   json.dumps(summary)
   assert rp.summarize([])["first_attempt_ok_rate"] is None
+  assert rp.summarize([])["failure_rate"] is None
   with pytest.raises(ValueError, match="unknown outcome"):
     rp.summarize([(rows[0][0], "rewrote")])
   with pytest.raises(ValueError, match="without attempts"):

@@ -22,15 +22,17 @@ def bft_section(stages: dict) -> list[str]:
     lines += ["Rewrites: the aligned model's text between [RES] and [/RES] (`bft/rewrite_parse.py`"
               "); a failed parse is resampled with a new seed, then the policy keeps the draft "
               "or drops the pair.", "",
-              "| stage | pairs | first-attempt ok | tag failures (all attempts) | retried | "
-              "rewritten | kept draft | dropped | identical to draft |",
-              "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+              "| stage | pairs | first-attempt ok | attempts not accepted | statuses other than "
+              "ok (all attempts) | retried | rewritten | kept draft | dropped | identical to "
+              "draft |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for name, e in rewrites.items():
       r = e["rewrite"]
       fails = {k: v for k, v in r["statuses"].items() if k != "ok" and v}
       out = r["outcomes"]
+      failed = (f"{r['failed_attempts']} / {r['attempts']} ({_pct(r['failure_rate'])})"
+                if "failed_attempts" in r else "–")
       lines.append(f"| {name} | {r['rows']} | {_pct(r.get('first_attempt_ok_rate'))} | "
-                   f"{fails or '–'} | {r['retried_rows']} | "
+                   f"{failed} | {fails or '–'} | {r['retried_rows']} | "
                    f"{out.get('rewritten', 0) + out.get('rewritten_unterminated', 0)} | "
                    f"{out.get('kept_draft', 0)} | {out.get('dropped', 0)} | "
                    f"{r.get('identical_to_draft', 0)} |")

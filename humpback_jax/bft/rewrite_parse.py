@@ -376,7 +376,9 @@ def summarize(outcomes: Iterable[tuple[Sequence[RewriteParse], str]]) -> dict:
     (count per ``STATUSES`` over all attempts); ``first_attempt_statuses`` and
     ``final_statuses`` (per row, its first / last attempt); ``first_attempt_ok_rate`` (share of
     rows whose first attempt parsed ``ok``, cf. [BF]'s 88% valid rating parses; None without
-    rows); ``cut_attempts`` (attempts the token budget cut); ``identical_to_draft``,
+    rows); ``failed_attempts`` (attempts the policy did not accept: all but one per rewritten
+    row) and ``failure_rate`` (their share of ``attempts``; None without attempts);
+    ``cut_attempts`` (attempts the token budget cut); ``identical_to_draft``,
     ``multiple_blocks``, ``tag_variants`` (rows whose accepted parse had that flag).
   Raises:
     ValueError: an unknown outcome or status, or a row without attempts.
@@ -408,6 +410,7 @@ def summarize(outcomes: Iterable[tuple[Sequence[RewriteParse], str]]) -> dict:
       identical += taken.identical_to_draft
       multiple += taken.multiple
       variant += taken.tag_variant
+  failed = n_attempts - counts[REWRITTEN] - counts[REWRITTEN_UNTERMINATED]
   return {
       "rows": rows,
       "outcomes": counts,
@@ -417,6 +420,8 @@ def summarize(outcomes: Iterable[tuple[Sequence[RewriteParse], str]]) -> dict:
       "first_attempt_statuses": first,
       "final_statuses": final,
       "first_attempt_ok_rate": first[OK] / rows if rows else None,
+      "failed_attempts": failed,
+      "failure_rate": failed / n_attempts if n_attempts else None,
       "cut_attempts": cut,
       "identical_to_draft": identical,
       "multiple_blocks": multiple,
